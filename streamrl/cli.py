@@ -1,0 +1,112 @@
+"""The ``streamrl`` command: one entrypoint per role.
+
+Each subcommand is a small ``_cmd_<name>(args)`` that builds :class:`Settings` and hands over
+to the component; the parser entries below document every flag (``streamrl <cmd> --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+
+from streamrl.config import KAFKA_FLAGS, Settings, add_settings_args, settings_from_args
+
+log = logging.getLogger("streamrl")
+
+PROCESS_FLAGS = KAFKA_FLAGS + [
+    "group_id", "session_timeout_ms", "heartbeat_interval_ms", "state_store", "state_namespace",
+    "attribution_window_ms", "reward_view", "reward_click", "reward_purchase", "history_len",
+    "interest_half_life_ms", "max_lateness_ms", "idle_timeout_ms", "dedupe_window_ms",
+    "max_event_bytes", "max_id_bytes", "max_future_ms", "commit_interval_ms", "poll_max_records",
+    "user_cache_size", "catalog_path", "embedding_model", "cache_dir", "max_request_bytes",
+]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python logs every reconnect at INFO/ERROR
+
+
+def stop_on_signals(stopper) -> None:
+    """SIGTERM/SIGINT only ask the loop to stop; the loop finishes its checkpoint."""
+    def handler(signum, frame):
+        log.info("signal %d: stopping after the current batch", signum)
+        stopper()
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# --- subcommands ----------------------------------------------------------------------------
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from streamrl.kafka import EmbeddedBroker, ensure_topics
+
+    broker = EmbeddedBroker(port=args.port).start()
+    settings = settings_from_args(args, bootstrap_servers=broker.bootstrap_servers)
+    ensure_topics(settings)
+    print(f"embedded Kafka broker at {broker.bootstrap_servers} "
+          f"(topics created with prefix {settings.topic_prefix!r}, {settings.partitions} partitions); Ctrl-C stops it",
+          flush=True)
+    stopping = []
+    stop_on_signals(lambda: stopping.append(1))
+    while not stopping and broker.proc is not None and broker.proc.poll() is None:
+        time.sleep(0.2)
+    broker.stop()
+    return 0
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from streamrl.kafka import ensure_topics
+
+    for name in ensure_topics(settings_from_args(args)):
+        print(name)
+    return 0
+
+
+def _cmd_process(args: argparse.Namespace) -> int:
+    from streamrl.consumers.processor import EventProcessor
+    from streamrl.metrics import serve
+
+    settings = settings_from_args(args)
+    serve(settings.metrics_port, default=9401)
+    proc = EventProcessor(settings)
+    stop_on_signals(proc.stop)
+    summary = proc.run(until_idle=args.until_idle, max_seconds=args.max_seconds)
+    print(summary.describe(), flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamrl", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu) and create the topics")
+    b.add_argument("--port", type=int, default=9092, help="listen port on 127.0.0.1 (0: a free port) [default: 9092]")
+    add_settings_args(b, ["topic_prefix", "partitions", "log_level"])
+    b.set_defaults(func=_cmd_broker)
+
+    t = sub.add_parser("topics", help="create the project's topics on --bootstrap-servers (idempotent)")
+    add_settings_args(t, KAFKA_FLAGS + ["replication_factor"])
+    t.set_defaults(func=_cmd_topics)
+
+    pr = sub.add_parser("process", help="event processor: validate, user state, reward join, transitions")
+    pr.add_argument("--until-idle", action="store_true",
+                    help="drain: exit once every assigned partition is caught up and idle, closing all open joins (end of stream)")
+    pr.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
+    add_settings_args(pr, PROCESS_FLAGS)
+    pr.set_defaults(func=_cmd_process)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", None) or Settings.from_env().log_level)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Event processor: validation, user state, reward join, state stores."""

@@ -1,0 +1,26 @@
+"""The root exception and the failures shared across subpackages."""
+
+
+class StreamrlError(Exception):
+    """Root of every streamrl failure."""
+
+
+class InvalidEvent(StreamrlError):
+    """An input record violates the event contract; ``reason`` is machine-readable."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerError(StreamrlError):
+    """The embedded broker could not be started or reached."""
+
+
+class StoreError(StreamrlError):
+    """The state store failed or was misconfigured."""
+
+
+class StaleEpochError(StoreError):
+    """Another processor took over a partition; this one must not write its state any more."""

@@ -1,0 +1,1 @@
+"""Producers: simulator, log replayer (and later the snapshot publisher)."""
