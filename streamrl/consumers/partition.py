@@ -5,7 +5,7 @@ Event topics are co-partitioned by user_id, so partition ``p`` of ``events.view`
 processor owns the three as one unit.
 
 The watermark of ``p`` is the minimum, over its three topic-partitions, of the largest event
-time read there (minus the allowed lateness). A topic-partition that is caught up and has had
+time read there, minus one (more events at that very ms may follow), minus the allowed lateness. A topic-partition that is caught up and has had
 no record for ``idle_timeout_ms`` stops holding the watermark back; when all three are idle the
 watermark advances with the wall clock from the last event time seen, so a quiet partition
 still closes its windows.
@@ -101,7 +101,8 @@ class PartitionRuntime:
         else:
             wm = NEG_INF
         if wm > NEG_INF:
-            wm -= lateness_ms
+            # events at exactly max_ts may still follow on that topic-partition: complete below it
+            wm -= lateness_ms + 1
         if wm > self.watermark:
             self.watermark = wm
         return self.watermark

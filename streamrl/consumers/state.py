@@ -175,14 +175,12 @@ class UserState:
     def prune(self, wm: int, rules: JoinRules) -> None:
         """Drop what no future computation needs: old history, old dedupe ids."""
         n = rules.history_len
-        unemitted = [v[PV_TS] for v in self.pending_views.values() if not v[PV_EMITTED]]
         if len(self.history) > n:
-            if unemitted:
-                t0 = min(unemitted)
-                keep_from = sum(1 for h in self.history if h[0] < t0) - n
-                keep_from = min(max(keep_from, 0), len(self.history) - n)
-            else:
-                keep_from = len(self.history) - n
+            # a view still open, or one yet to arrive (ts >= wm), needs the n items before it
+            t0 = min([v[PV_TS] for v in self.pending_views.values() if not v[PV_EMITTED]], default=wm)
+            t0 = min(t0, wm)
+            keep_from = sum(1 for h in self.history if h[0] < t0) - n
+            keep_from = min(keep_from, len(self.history) - n)
             if keep_from > 0:
                 del self.history[:keep_from]
         if self.seen and wm > -(1 << 62):

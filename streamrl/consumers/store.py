@@ -73,8 +73,7 @@ def open_store(url: str, namespace: str = "streamrl") -> StateStore:
     if url.startswith("sqlite://"):
         from streamrl.consumers.sqlite_store import SQLiteStore
 
-        return SQLiteStore(url[len("sqlite://"):].removeprefix("/") if url.startswith("sqlite:///") else url[9:],
-                           namespace)
+        return SQLiteStore(url.removeprefix("sqlite:///").removeprefix("sqlite://"), namespace)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from streamrl.consumers.redis_store import RedisStore
 
