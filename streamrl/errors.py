@@ -24,3 +24,17 @@ class StoreError(StreamrlError):
 
 class StaleEpochError(StoreError):
     """Another processor took over a partition; this one must not write its state any more."""
+
+
+class SnapshotRejected(StreamrlError):
+    """A policy snapshot failed verification (missing/corrupt chunk, checksum, shape, non-finite)."""
+
+    def __init__(self, reason: str, detail: str = "", version: int | None = None) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.version = version
+
+
+class CheckpointError(StreamrlError):
+    """A learner checkpoint could not be written or read back."""

@@ -52,6 +52,73 @@ PRODUCER_EVENTS = Counter("streamrl_producer_events_total",
                           "Events produced by the simulator or the replayer, by type.", ["type"])
 PRODUCER_SKIPPED = Counter("streamrl_producer_skipped_lines_total",
                            "Input lines the replayer could not read, by reason.", ["reason"])
+#: Why the replayer skips a line: the event contract's reasons plus the CSV reader's own.
+PRODUCER_SKIP_REASONS: tuple[str, ...] = (*INVALID_REASONS, "csv_field_count", "csv_unknown_event",
+                                          "csv_bad_value")
+
+# --- learner (learner/) and snapshots (producers/snapshot.py) -----------------------------------
+LEARNER_BUFFER = Gauge("streamrl_learner_buffer_transitions",
+                       "Transitions held in the replay buffer, by ring (train, holdout).", ["ring"])
+LEARNER_TRANSITIONS = Counter("streamrl_learner_transitions_total",
+                              "Transitions read from the transitions topic, by outcome (added, duplicate, rejected).",
+                              ["outcome"])
+LEARNER_REJECTED = Counter("streamrl_learner_rejected_transitions_total",
+                           "Transitions refused at ingestion into the buffer, by reason.", ["reason"])
+LEARNER_UPDATES = Counter("streamrl_learner_updates_total", "Gradient steps applied.")
+LEARNER_UPDATES_RATE = Gauge("streamrl_learner_updates_per_second",
+                             "Gradient steps per second over the last reporting interval.")
+LEARNER_SKIPPED = Counter("streamrl_learner_skipped_updates_total",
+                          "Gradient steps skipped by the guard rails, by reason.", ["reason"])
+LEARNER_ROLLBACKS = Counter("streamrl_learner_rollbacks_total",
+                            "Roll-backs to the last checkpoint after non-finite weights.")
+LEARNER_LOSS = Gauge("streamrl_learner_loss", "Loss of the last applied step, by kind (td, supervised, total).", ["kind"])
+LEARNER_TD_ERROR = Gauge("streamrl_learner_td_error", "Mean |TD error| of the last applied step's batch.")
+LEARNER_Q_MEAN = Gauge("streamrl_learner_q_mean", "Mean Q(s, a) of the last applied step's batch.")
+LEARNER_GRAD_NORM = Gauge("streamrl_learner_grad_norm", "Global gradient norm (before clipping) of the last step.")
+LEARNER_CATALOG = Gauge("streamrl_learner_items", "Items known to the learner's item table.")
+LEARNER_VERSION = Gauge("streamrl_learner_published_version", "Version of the last published snapshot.")
+LEARNER_PUBLISH_SECONDS = Histogram("streamrl_learner_publish_duration_seconds",
+                                    "Time to serialise and publish one snapshot.",
+                                    buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+LEARNER_CHECKPOINT_SECONDS = Histogram("streamrl_learner_checkpoint_duration_seconds",
+                                       "Time to write one checkpoint atomically.",
+                                       buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+LEARNER_GATES = Counter("streamrl_learner_gate_decisions_total",
+                        "Evaluation gate outcomes, by result (published, rejected).", ["result"])
+LEARNER_EVAL = Gauge("streamrl_learner_eval", "Evaluation figures of the last gate, by policy and metric.",
+                     ["policy", "metric"])
+LEARNER_DRIFT = Counter("streamrl_learner_drift_events_total", "ADWIN drift detections, by signal.", ["signal"])
+SNAPSHOT_REJECTED = Counter("streamrl_snapshot_rejected_total",
+                            "Snapshots refused by a reader's verification, by reason.", ["reason"])
+
+
+def precreate_learner_series() -> None:
+    """Pre-create the learner's and snapshot reader's bounded series (called by those components,
+    so that importing this module does not import torch)."""
+    from streamrl.learner.dqn import SKIP_REASONS
+    from streamrl.learner.replay import REJECT_REASONS
+    from streamrl.producers.snapshot import REJECT_REASONS as SNAPSHOT_REASONS
+
+    for ring in ("train", "holdout"):
+        LEARNER_BUFFER.labels(ring)
+    for o in ("added", "duplicate", "rejected"):
+        LEARNER_TRANSITIONS.labels(o)
+    for r in REJECT_REASONS:
+        LEARNER_REJECTED.labels(r)
+    for r in SKIP_REASONS + ("non_finite_weights",):
+        LEARNER_SKIPPED.labels(r)
+    for k in ("td", "supervised", "total"):
+        LEARNER_LOSS.labels(k)
+    for r in ("published", "rejected"):
+        LEARNER_GATES.labels(r)
+    for p in ("candidate", "published", "popularity"):
+        for m in ("hr10", "ndcg10", "td_error", "snips"):
+            LEARNER_EVAL.labels(p, m)
+    for s in ("reward", "td_error"):
+        LEARNER_DRIFT.labels(s)
+    for r in SNAPSHOT_REASONS:
+        SNAPSHOT_REJECTED.labels(r)
+
 
 for _t in EVENT_TYPES:
     PROCESSOR_EVENTS.labels(_t)
@@ -61,6 +128,8 @@ for _t in ("click", "purchase"):
     PROCESSOR_ORGANIC.labels(_t)
 for _r in INVALID_REASONS:
     PROCESSOR_INVALID.labels(_r)
+for _r in PRODUCER_SKIP_REASONS:
+    PRODUCER_SKIPPED.labels(_r)
 for _k in ("view", "engagement"):
     PROCESSOR_PENDING.labels(_k)
 for _o in ("rewarded", "unrewarded"):

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+from kafka.errors import KafkaError
 
 from streamrl import metrics as m
 from streamrl.catalog import ItemEmbeddings, TextEmbedder, load_catalog
@@ -245,8 +246,12 @@ class EventProcessor:
             self._fire(rt, POS_INF)
 
     # --- checkpoint -----------------------------------------------------------------------------
-    def checkpoint(self, partitions: list[int] | None = None) -> None:
-        """Make state, transitions and offsets durable, in the order of the module docstring."""
+    def checkpoint(self, partitions: list[int] | None = None, in_rebalance: bool = False) -> None:
+        """Make state, transitions and offsets durable, in the order of the module docstring.
+
+        ``in_rebalance``: called from the rebalance listener, which runs on the consumer's IO
+        thread, so the Kafka commit must not block there.
+        """
         parts = self.parts if partitions is None else {p: self.parts[p] for p in partitions if p in self.parts}
         if not parts:
             self._last_checkpoint = time.monotonic()
@@ -288,8 +293,11 @@ class EventProcessor:
                    for p, rt in parts.items() for t, o in rt.offsets.items()}
         if offsets:
             try:
-                self.consumer.commit(offsets)
-            except Exception as e:  # the store holds the truth; a failed Kafka commit only delays lag tooling
+                if in_rebalance:
+                    self.consumer.commit_async(offsets)
+                else:
+                    self.consumer.commit(offsets)
+            except KafkaError as e:  # the store holds the truth; a failed Kafka commit only delays lag tooling
                 log.warning("Kafka offset commit failed (store is authoritative): %s", e)
         self.summary.checkpoints += 1
         m.PROCESSOR_COMMIT_SECONDS.observe(time.monotonic() - t0)
@@ -308,7 +316,7 @@ class EventProcessor:
         if not gone:
             return
         log.info("partitions revoked: %s", gone)
-        self.checkpoint(gone)
+        self.checkpoint(gone, in_rebalance=True)
         self._forget(gone)
 
     def _forget(self, partitions: list[int]) -> None:
