@@ -1,0 +1,224 @@
+"""The user simulator: reproducible, time-ordered, contract-valid, and with the effects the learner needs."""
+
+from __future__ import annotations
+
+import collections
+import json
+import statistics
+
+import pytest
+
+from streamrl.catalog import load_catalog
+from streamrl.producers.simulator import SimConfig, Simulator, run_simulate
+from streamrl.producers.vocab import TOPICS
+from streamrl.schema import parse_event
+
+SESSION_GAP_MS = 20 * 60 * 1000  # within-session gaps are seconds; between sessions >= 30 min
+
+
+@pytest.fixture(scope="module")
+def world():
+    """One mid-sized run shared by the statistical tests: (simulator, events)."""
+    sim = Simulator(SimConfig(seed=3, n_users=500))
+    return sim, list(sim.events(120_000))
+
+
+def _sessions(events):
+    """request_id -> (user, session no, request index), and (user, session no) -> requests."""
+    where, size, state = {}, {}, {}
+    for e in events:
+        if e.type != "view" or e.request_id in where:
+            continue
+        s, i, prev = state.get(e.user_id, (0, -1, None))
+        if prev is not None and e.ts - prev > SESSION_GAP_MS:
+            s, i = s + 1, -1
+        i += 1
+        state[e.user_id] = (s, i, e.ts)
+        where[e.request_id] = (e.user_id, s, i)
+        size[(e.user_id, s)] = i + 1
+    return where, size
+
+
+def test_events_same_seed_identical():
+    cfg = dict(seed=11, n_users=100, n_items=200, n_candidates=50, drift_at=[1000])
+    a = [e.to_dict() for e in Simulator(SimConfig(**cfg)).events(5000)]
+    b = [e.to_dict() for e in Simulator(SimConfig(**cfg)).events(5000)]
+    assert a == b
+    assert a != [e.to_dict() for e in Simulator(SimConfig(**{**cfg, "seed": 12})).events(5000)]
+
+
+def test_events_rerun_same_simulator_identical():
+    sim = Simulator(SimConfig(seed=2, n_users=50, n_items=100, n_candidates=20))
+    assert [e.to_dict() for e in sim.events(2000)] == [e.to_dict() for e in sim.events(2000)]
+
+
+def test_events_ts_non_decreasing_ids_unique(world):
+    _, events = world
+    assert all(a.ts <= b.ts for a, b in zip(events, events[1:]))
+    assert len({e.event_id for e in events}) == len(events)
+    assert events[0].event_id == "s3-0"
+
+
+def test_events_pass_contract(world):
+    _, events = world
+    for e in events[:20_000] + [e for e in events[20_000:] if e.type != "view"]:
+        parsed = parse_event(e.to_json(), e.type, e.user_id.encode())
+        assert parsed == e
+
+
+def test_propensities_valid_for_builtin_policies(world):
+    _, events = world
+    views = [e for e in events if e.type == "view"]
+    assert {e.propensity for e in views} == {1 / 100}
+    assert all(e.policy_version is None for e in views)
+    pop = Simulator(SimConfig(seed=1, n_users=50, n_items=100, n_candidates=30, policy="popularity"))
+    assert {e.propensity for e in pop.events(3000) if e.type == "view"} == {1.0}
+
+
+def test_slate_has_every_position_once(world):
+    _, events = world
+    slates = collections.defaultdict(list)
+    for e in events:
+        if e.type == "view":
+            slates[e.request_id].append(e.position)
+    full = list(slates.values())[:-1]  # the last slate may be cut by max_events
+    assert all(positions == list(range(10)) for positions in full)
+
+
+def test_ctr_top_position_exceeds_bottom(world):
+    _, events = world
+    views = collections.Counter(e.position for e in events if e.type == "view")
+    clicks = collections.Counter(e.position for e in events if e.type == "click")
+    assert clicks[0] / views[0] > 3 * clicks[9] / views[9]
+
+
+def test_engagement_follows_its_view(world):
+    _, events = world
+    view_ts = {(e.request_id, e.item_id): e.ts for e in events if e.type == "view"}
+    engaged = [e for e in events if e.type != "view"]
+    assert any(e.type == "purchase" for e in engaged)
+    for e in engaged:
+        assert e.ts > view_ts[(e.request_id, e.item_id)]
+    assert all(e.value > 0 for e in engaged if e.type == "purchase")
+
+
+def test_clickbait_click_shortens_rest_of_session(world):
+    """Under the random policy what follows a click is independent of the item, so the rest of
+    the session measures the click's effect: clickbait ends sessions, quality extends them."""
+    sim, events = world
+    hidden = sim.hidden_items()
+    where, size = _sessions(events)
+    last = {}
+    for u, s in size:
+        last[u] = max(last.get(u, 0), s)
+    rest = {"bait": [], "quality": []}
+    for e in events:
+        if e.type != "click":
+            continue
+        u, s, i = where[e.request_id]
+        if s == last[u]:  # possibly cut off by max_events
+            continue
+        h = hidden[e.item_id]
+        kind = "bait" if h["clickbait"] > 0.5 else "quality" if h["quality"] > 0.6 else None
+        if kind:
+            rest[kind].append(size[(u, s)] - i - 1)
+    assert len(rest["bait"]) > 100 and len(rest["quality"]) > 100
+    assert statistics.mean(rest["quality"]) > 1.3 * statistics.mean(rest["bait"])
+
+
+def test_drift_changes_clicked_topics():
+    """Rotating interests at event n moves the clicked-topic mix far more than no drift does."""
+    n = 40_000
+
+    def shift(drift_at):
+        sim = Simulator(SimConfig(seed=5, n_users=300, n_items=300, n_candidates=50, drift_at=drift_at))
+        topic = {i: h["topic"] for i, h in sim.hidden_items().items()}
+        events = list(sim.events(2 * n))
+        before = collections.Counter(topic[e.item_id] for e in events[:n] if e.type == "click")
+        after = collections.Counter(topic[e.item_id] for e in events[n:] if e.type == "click")
+        tv = 0.5 * sum(abs(before[t] / sum(before.values()) - after[t] / sum(after.values()))
+                       for t in set(before) | set(after))
+        return tv, sim.drifts
+
+    (tv_still, drifts_still), (tv_drift, drifts) = shift([]), shift([n])
+    assert (drifts_still, drifts) == (0, 1)
+    assert tv_drift > 2 * tv_still
+
+
+def test_catalog_items_text_carries_topic():
+    sim = Simulator(SimConfig(seed=4, n_items=200))
+    hidden = sim.hidden_items()
+    by_name = {t.name: t for t in TOPICS}
+    for item in sim.catalog_items():
+        assert set(item) == {"item_id", "title", "category", "description"}
+        topic = by_name[hidden[item["item_id"]]["topic"]]
+        assert item["category"] == topic.category
+        text = (item["title"] + " " + item["description"]).lower()
+        assert sum(noun in text for noun in topic.nouns) >= 2
+
+
+def test_oracle_affinity_bounded_and_predictive(world):
+    sim, events = world
+    assert sim.true_affinity("u0", ["i0", "nope"])[1] == 0.0
+    assert all(0.0 <= a <= 1.0 for a in sim.true_affinity("u1", sim.item_ids))
+    probs = sim.click_probability("u1", sim.item_ids[:50], position=9)
+    assert all(0.0 < p <= 0.1 for p in probs)
+
+
+def test_custom_policy_sets_version_and_propensity():
+    class Top:
+        version = 7
+
+        def rank(self, user_id, candidates, k, ts):
+            return [(c, 0.5) for c in sorted(candidates)[:k]]
+
+    sim = Simulator(SimConfig(seed=1, n_users=20, n_items=50, n_candidates=20), policy=Top())
+    views = [e for e in sim.events(500) if e.type == "view"]
+    assert {(e.policy_version, e.propensity) for e in views} == {(7, 0.5)}
+
+
+def test_config_rejects_too_many_topics():
+    with pytest.raises(ValueError):
+        Simulator(SimConfig(n_topics=len(TOPICS) + 1))
+
+
+def test_run_simulate_writes_jsonl_and_catalog(tmp_path):
+    from streamrl.config import Settings
+
+    cfg = SimConfig(seed=8, n_users=50, n_items=80, n_candidates=40)
+    out, cat = tmp_path / "ev.jsonl", tmp_path / "cat.jsonl"
+    summary = run_simulate(Settings(), cfg, 1500, out_path=str(out), catalog_out=str(cat), progress=False)
+    lines = out.read_bytes().splitlines()
+    assert summary["events"] == len(lines) == 1500
+    assert sum(summary["by_type"].values()) == 1500
+    assert [json.loads(x)["event_id"] for x in lines[:2]] == ["s8-0", "s8-1"]
+    assert len(load_catalog(cat)) == 80
+
+
+@pytest.mark.integration
+def test_run_simulate_to_broker_events_readable(settings, tmp_path):
+    from kafka import TopicPartition
+
+    from streamrl.kafka import make_consumer
+
+    cfg = SimConfig(seed=9, n_users=100, n_items=100, n_candidates=50)
+    settings = settings.replace(catalog_path=str(tmp_path / "catalog.jsonl"))
+    summary = run_simulate(settings, cfg, 3000, progress=False)
+    assert summary["events"] == 3000 and (tmp_path / "catalog.jsonl").exists()
+
+    consumer = make_consumer(settings)
+    topic_type = {t: k for k, t in settings.event_topics.items()}
+    parts = [TopicPartition(t, p) for t in topic_type for p in range(settings.partitions)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    got = []
+    for _ in range(100):
+        for tp, records in consumer.poll(timeout_ms=200).items():
+            got += [parse_event(r.value, topic_type[tp.topic], r.key) for r in records]
+        if len(got) >= 3000:
+            break
+    consumer.close()
+    expected = Simulator(cfg).events(3000)
+    assert sorted(e.event_id for e in got) == sorted(e.event_id for e in expected)
+    counts = collections.Counter(e.type for e in got)
+    assert dict(counts) == {k: v for k, v in summary["by_type"].items() if v}
