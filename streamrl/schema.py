@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from streamrl.errors import InvalidEvent
 
 EVENT_TYPES = ("view", "click", "purchase")
@@ -83,6 +85,19 @@ def _reject_constant(name: str) -> Any:
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+def _slow_decode(value: bytes) -> Any:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidEvent("not_utf8", str(e)) from None
+    try:
+        return _decoder.decode(text)
+    except InvalidEvent:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise InvalidEvent("not_json", str(e)[:200]) from None
+
+
 def parse_event(value: bytes | None, topic_type: str | None = None, key: bytes | None = None, *,
                 now_ms: int | None = None, max_bytes: int = 64 * 1024, max_id_bytes: int = 256,
                 max_future_ms: int = 24 * 3600 * 1000, check_key: bool = True) -> Event:
@@ -103,15 +118,9 @@ def parse_event(value: bytes | None, topic_type: str | None = None, key: bytes |
     if len(value) > max_bytes:
         raise InvalidEvent("too_large", f"{len(value)} bytes > {max_bytes}")
     try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InvalidEvent("not_utf8", str(e)) from None
-    try:
-        obj = _decoder.decode(text)
-    except InvalidEvent:
-        raise
-    except (ValueError, RecursionError) as e:
-        raise InvalidEvent("not_json", str(e)[:200]) from None
+        obj = orjson.loads(value)  # fast path; strict JSON only
+    except orjson.JSONDecodeError:
+        obj = _slow_decode(value)  # tells not_utf8 / non_finite / not_json apart
     if type(obj) is not dict:
         raise InvalidEvent("not_object", type(obj).__name__)
 

@@ -184,19 +184,37 @@ class EventProcessor:
         self._load_users({ev.user_id: rt.partition for rt, ev in parsed})
         users, dirty = self.users, self.dirty
         window = self.rules.window_ms
+        applied = {t: 0 for t in self.topic_type.values()}
+        late = dict(applied)
+        duplicates = 0
         for rt, ev in parsed:
-            u = users[ev.user_id]
-            if not u.apply(ev):
-                self.summary.duplicates += 1
-                m.PROCESSOR_DUPLICATES.inc()
+            uid = ev.user_id
+            if not users[uid].apply(ev):
+                duplicates += 1
                 continue
-            self.summary.events += 1
-            m.PROCESSOR_EVENTS.labels(ev.type).inc()
+            applied[ev.type] += 1
             if ev.ts < rt.watermark:
-                self.summary.late += 1
-                m.PROCESSOR_LATE.labels(ev.type).inc()
-            dirty.add(ev.user_id)
-            rt.schedule(ev.user_id, u.deadline(window))
+                late[ev.type] += 1
+            dirty.add(uid)
+            # adding an event can only bring the user's deadline forward
+            due = ev.ts + window if ev.type == "view" else ev.ts
+            current = rt.scheduled.get(uid)
+            if current is None or due < current:
+                rt.schedule(uid, due)
+        self._count(applied, late, duplicates)
+
+    def _count(self, applied: dict[str, int], late: dict[str, int], duplicates: int) -> None:
+        s = self.summary
+        s.events += sum(applied.values())
+        s.late += sum(late.values())
+        s.duplicates += duplicates
+        for t, n in applied.items():
+            if n:
+                m.PROCESSOR_EVENTS.labels(t).inc(n)
+            if late[t]:
+                m.PROCESSOR_LATE.labels(t).inc(late[t])
+        if duplicates:
+            m.PROCESSOR_DUPLICATES.inc(duplicates)
 
     def _dead_letter(self, rec, err: InvalidEvent) -> None:
         """The one error policy: log, copy the original record to events.dlq, go on."""
