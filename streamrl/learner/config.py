@@ -25,6 +25,9 @@ class LearnerConfig:
     """Items of history fed to the state encoder (the most recent ones; older ones are cut)."""
     text_dim: int = 384
     """Width of the frozen text embedding of an item (MiniLM: 384)."""
+    q_weight: float = 1.0
+    """Ranking score = supervised next-item logit + q_weight * Q(s, a) (SQN: the supervised head ranks,
+    the Q head adds long-term value; a large q_weight ranks by Q alone)."""
 
     # --- update ----------------------------------------------------------------------------
     batch_size: int = 256
@@ -109,6 +112,8 @@ class LearnerConfig:
     """How many of the newest transitions count as recent."""
     drift_boost_updates: int = 2_000
     """Gradient steps the drift response lasts."""
+    drift_warmup_updates: int = 2_000
+    """Gradient steps before TD error is watched for drift (it falls anyway while the network first learns)."""
 
     def validate(self) -> "LearnerConfig":
         if self.batch_size < 1 or self.dim < 1 or self.hidden < 1 or self.history_len < 1:

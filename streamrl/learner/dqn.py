@@ -25,6 +25,7 @@ SKIP_REASONS = ("non_finite_loss", "exploding_gradient")
 
 class BatchSource(Protocol):
     def sample(self, batch_size: int) -> Batch: ...
+    def item_pool(self) -> torch.Tensor: ...
     def update_priorities(self, slots: np.ndarray, td_error: np.ndarray) -> None: ...
 
 
@@ -40,15 +41,15 @@ class UpdateResult:
 
 
 def dqn_update(online: QNetwork, target: QNetwork, opt: torch.optim.Optimizer, source: BatchSource,
-               cfg: LearnerConfig, n_items: int, step: int, gen: torch.Generator) -> UpdateResult:
-    """Sample a batch from ``source`` and apply one guarded gradient step; ``n_items`` bounds the
-    item indices that candidates and negatives are drawn from (index 0 is padding)."""
+               cfg: LearnerConfig, step: int, gen: torch.Generator) -> UpdateResult:
+    """Sample a batch from ``source`` and apply one guarded gradient step. Next-state candidates
+    and supervised negatives are drawn uniformly from ``source.item_pool()``."""
     device = online.start.device
-    # 1. sample
+    # 1. sample: transitions, next-state candidates, negatives
     b = source.sample(cfg.batch_size).to(device)
-    hi = max(n_items, 2)
-    cands = torch.randint(1, hi, (cfg.next_candidates,), generator=gen).to(device)
-    negs = torch.randint(1, hi, (cfg.sup_negatives,), generator=gen).to(device)
+    pool = source.item_pool()
+    cands = pool[torch.randint(0, len(pool), (cfg.next_candidates,), generator=gen)].to(device)
+    negs = pool[torch.randint(0, len(pool), (cfg.sup_negatives,), generator=gen)].to(device)
 
     # 2. TD target (Double DQN) without gradients
     with torch.no_grad():
@@ -73,8 +74,8 @@ def dqn_update(online: QNetwork, target: QNetwork, opt: torch.optim.Optimizer, s
     td = (y - q).detach()
     if not math.isfinite(grad_norm) or grad_norm > cfg.skip_grad_norm:
         opt.zero_grad(set_to_none=True)
-        return UpdateResult(float(loss), float(td_loss), float(sup_loss), float(td.abs().mean()),
-                            float(q.detach().mean()), grad_norm, "exploding_gradient")
+        return UpdateResult(loss.item(), td_loss.item(), sup_loss.item(), td.abs().mean().item(),
+                            q.detach().mean().item(), grad_norm, "exploding_gradient")
 
     # 5. step, then new priorities for the sampled transitions
     opt.step()
@@ -82,8 +83,8 @@ def dqn_update(online: QNetwork, target: QNetwork, opt: torch.optim.Optimizer, s
 
     # 6. target sync (the only place it happens)
     sync_target(online, target, cfg, step)
-    return UpdateResult(float(loss), float(td_loss), float(sup_loss), float(td.abs().mean()),
-                        float(q.detach().mean()), grad_norm, None)
+    return UpdateResult(loss.item(), td_loss.item(), sup_loss.item(), td.abs().mean().item(),
+                        q.detach().mean().item(), grad_norm, None)
 
 
 def _sup_loss(online: QNetwork, h: torch.Tensor, b: Batch, negs: torch.Tensor) -> torch.Tensor:

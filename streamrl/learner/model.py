@@ -1,5 +1,8 @@
 """The Q-network: Q(s, a) = <f(s), g(a)> + b(a), plus the SQN next-item head.
 
+Ranking score of the policy (what serving computes): ``<z(s), g(a)> + q_weight * Q(s, a)``, with
+``z`` the supervised head's state vector (see :meth:`QNetwork.score`).
+
 - item tower g(a) = id_embedding[a] + W_text · text(a): the text projection gives items never
   seen in training (id embedding still zero) a meaningful vector;
 - state encoder f(s): a GRU over the item vectors of the user's history (left-padded);
@@ -11,6 +14,7 @@ The id table grows in place (:meth:`QNetwork.grow`) when new catalog items appea
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +35,8 @@ class ModelConfig:
     hidden: int = 64
     text_dim: int = 384
     history_len: int = 20
+    q_weight: float = 1.0
+
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -84,8 +90,12 @@ class QNetwork(nn.Module):
         return self.q_head(h) @ self.item_vectors(candidates).T + self.item_bias_of(candidates)
 
     def score(self, state: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """Q-values ``(B, K)`` of histories ``(B, L)`` against shared candidates (None: every item)."""
-        return self.q_cands(self.encode(state), candidates)
+        """The policy's ranking scores ``(B, K)`` of histories ``(B, L)`` against shared candidates
+        (None: every item): supervised logit + ``q_weight`` * Q(s, a), as in SQN, where the
+        supervised head ranks and the Q head adds each item's long-term value."""
+        h = self.encode(state)
+        s = self.q_cands(h, candidates) * self.cfg.q_weight
+        return s + self.sup_head(h) @ self.item_vectors(candidates).T
 
     def sup_logits(self, h: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Supervised next-item logits ``(B, K)`` of shared candidates ``(K,)``."""
@@ -109,7 +119,7 @@ class QNetwork(nn.Module):
             text = torch.zeros(n_items, self.cfg.text_dim, device=self.text.device)
             text[:self.text.shape[0]] = self.text
             self.text = text
-        self.cfg = ModelConfig(n_items, self.cfg.dim, self.cfg.hidden, self.cfg.text_dim, self.cfg.history_len)
+        self.cfg = dataclasses.replace(self.cfg, n_items=n_items)
         return swapped
 
     def attach_text(self, text: torch.Tensor) -> None:
@@ -137,4 +147,4 @@ def grow_optimizer(opt: torch.optim.Optimizer, swapped: dict[nn.Parameter, nn.Pa
 
 def build_model(n_items: int, lc) -> QNetwork:
     """A QNetwork for ``n_items`` rows shaped by a :class:`~streamrl.learner.config.LearnerConfig`."""
-    return QNetwork(ModelConfig(n_items, lc.dim, lc.hidden, lc.text_dim, lc.history_len))
+    return QNetwork(ModelConfig(n_items, lc.dim, lc.hidden, lc.text_dim, lc.history_len, lc.q_weight))

@@ -120,6 +120,8 @@ class ReplayBuffer:
         self.recent_share = 0.0
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0
+        self._acted = torch.zeros(0, dtype=torch.bool)  # item index -> appeared as an action
+        self._pool: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.train.size
@@ -182,6 +184,14 @@ class ReplayBuffer:
             self.where.pop(tid, None)
         for tid, s in zip(r["ids"], slots.tolist()):
             self.where[tid] = (which, s)
+        acted = tensors["action"].long()
+        if self._acted.shape[0] <= int(acted.max()):
+            grown = torch.zeros(max(int(acted.max()) + 1, 2 * self._acted.shape[0]), dtype=torch.bool)
+            grown[:self._acted.shape[0]] = self._acted
+            self._acted = grown
+        if not bool(self._acted[acted].all()):
+            self._acted[acted] = True
+            self._pool = None
         if which == 0 and self.tree is not None:
             self.tree.update(slots, np.full(n, self.max_priority ** self.cfg.alpha))
 
@@ -209,6 +219,13 @@ class ReplayBuffer:
         t_slots = torch.from_numpy(slots)
         state, action, reward, next_state, prop = ring.gather(t_slots)
         return Batch(state, action, reward, next_state, prop, torch.from_numpy(weight), slots)
+
+    def item_pool(self) -> torch.Tensor:
+        """Indices of items that have been logged as actions: where negatives and next-state
+        candidates are drawn from (catalog items never shown keep a pure text vector)."""
+        if self._pool is None:
+            self._pool = torch.nonzero(self._acted).flatten()
+        return self._pool
 
     def update_priorities(self, slots: np.ndarray, td_error: np.ndarray) -> None:
         if self.tree is None:

@@ -184,10 +184,8 @@ class Learner:
         if len(self.buffer) < max(self.cfg.min_buffer, 1):
             return 0
         applied = 0
-        n_items = len(self.vocab)
         for _ in range(n_updates):
-            r = dqn_update(self.online, self.target, self.opt, self.buffer, self.cfg, n_items,
-                           self.train_step + 1, self.gen)
+            r = dqn_update(self.online, self.target, self.opt, self.buffer, self.cfg, self.train_step + 1, self.gen)
             if r.skipped is not None:
                 M.LEARNER_SKIPPED.labels(r.skipped).inc()
                 self.summary.skipped[r.skipped] = self.summary.skipped.get(r.skipped, 0) + 1
@@ -195,7 +193,7 @@ class Learner:
                 continue
             self.train_step += 1
             applied += 1
-            if self.drift.update("td_error", r.td_error):
+            if self.train_step > self.cfg.drift_warmup_updates and self.drift.update("td_error", r.td_error):
                 self._on_drift("td_error")
             if self.boost_left:
                 self.boost_left -= 1
