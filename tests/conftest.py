@@ -22,8 +22,14 @@ def broker():
     b.stop()
 
 
+@pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory):
+    """One embedding cache per test session: each text is embedded once."""
+    return str(tmp_path_factory.mktemp("embedding-cache"))
+
+
 @pytest.fixture()
-def settings(broker, tmp_path):
+def settings(broker, tmp_path, embedding_cache):
     """Settings on the session broker with a random topic prefix, group and SQLite store."""
     from streamrl.config import Settings
     from streamrl.kafka import ensure_topics
@@ -32,7 +38,7 @@ def settings(broker, tmp_path):
     s = Settings.from_env(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"t{tag}.",
                           group_id=f"g{tag}", state_store=f"sqlite:///{tmp_path}/state.db",
                           state_namespace=f"ns{tag}", session_timeout_ms=2000, heartbeat_interval_ms=500,
-                          idle_timeout_ms=1500, commit_interval_ms=300, cache_dir=str(tmp_path / "cache"))
+                          idle_timeout_ms=1500, commit_interval_ms=300, cache_dir=embedding_cache)
     ensure_topics(s)
     return s
 

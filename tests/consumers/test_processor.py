@@ -1,6 +1,7 @@
 """Integration tests of the event processor against the real embedded broker and real stores."""
 
 import json
+from pathlib import Path
 import random
 import time
 
@@ -10,7 +11,9 @@ from consumers.gen import synthetic_log
 from consumers.kafka_util import (assert_matches_reference, produce, read_topic, read_transitions,
                                   start_processor, stored_users)
 from consumers.reference import reference
-from streamrl.consumers.processor import EventProcessor
+from streamrl.catalog import write_catalog
+from streamrl.consumers.processor import EventProcessor, load_item_embeddings
+from streamrl.producers.simulator import SimConfig, Simulator
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +49,32 @@ def test_process_matches_reference_with_redis(settings, redis_url):
         from streamrl.consumers.store import open_store
         with open_store(s.state_store, s.state_namespace) as st:
             st.drop()
+
+
+def simulated(settings, n, users=2000):
+    """n simulated events plus settings pointing at the simulator's catalog (for interest
+    vectors), whose embeddings are cached before any processor starts."""
+    sim = Simulator(SimConfig(n_users=users, seed=1))
+    path = str(Path(settings.state_store.removeprefix("sqlite:///")).parent / "catalog.jsonl")
+    write_catalog(path, sim.catalog_items())
+    s = settings.replace(catalog_path=path)
+    load_item_embeddings(s)
+    return list(sim.events(n)), s
+
+
+@pytest.mark.slow
+def test_200k_simulated_events_match_reference(settings):
+    """200k simulated events through the broker: user state (history, counts, interest vector)
+    and the transition multiset equal the pure-Python reference over the same log."""
+    events, s = simulated(settings, 200_000)
+    produce(s, events)
+    emb = load_item_embeddings(s)
+    summary = EventProcessor(s, embeddings=emb).run(until_idle=True, max_seconds=600)
+    assert summary.events == len(events) and summary.invalid == 0 and summary.late == 0
+    users, trans = ref(s, events, emb.get)
+    assert sum(t["reward"] > 0 for t in trans) > 1000  # the log exercises the join
+    assert any(t["engagement"] == "purchase" for t in trans)
+    assert_matches_reference(s, users, trans, read_transitions(s))
 
 
 def bad_records(s):
@@ -113,8 +142,7 @@ def test_kill9_at_random_moments_loses_and_doubles_nothing(settings):
     """kill -9 of `streamrl process` at 5 random moments of a 200k-event run, restarting each
     time: final state equals the reference (= a clean run); transitions equal it after dropping
     duplicates by id (a duplicate is byte-identical)."""
-    s = settings.replace(commit_interval_ms=500)
-    events = synthetic_log(200_000, n_users=3000, n_items=500, seed=11)
+    events, s = simulated(settings.replace(commit_interval_ms=500), 200_000)
     produce(s, events)
     rng = random.Random(1234)
     kills, progress = 0, []
@@ -137,14 +165,13 @@ def test_kill9_at_random_moments_loses_and_doubles_nothing(settings):
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
     transitions = read_transitions(s)
-    assert_matches_reference(s, *ref(s, events), transitions, allow_duplicates=True)
+    assert_matches_reference(s, *ref(s, events, load_item_embeddings(s).get), transitions, allow_duplicates=True)
 
 
 @pytest.mark.slow
 def test_two_processors_in_one_group_equal_one(settings):
     """Two processes in one group split the partitions; together they give the reference."""
-    s = settings
-    events = synthetic_log(60_000, n_users=1000, n_items=300, seed=5)
+    events, s = simulated(settings, 60_000)
     produce(s, events)
     a = start_processor(s, "--until-idle")
     time.sleep(1.0)
@@ -152,5 +179,6 @@ def test_two_processors_in_one_group_equal_one(settings):
     for p in (a, b):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
-    assert_matches_reference(s, *ref(s, events), read_transitions(s), allow_duplicates=True)
+    assert_matches_reference(s, *ref(s, events, load_item_embeddings(s).get), read_transitions(s),
+                             allow_duplicates=True)
     assert len(stored_users(s)) == len({e.user_id for e in events})
