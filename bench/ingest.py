@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 
+from streamrl.catalog import write_catalog
 from streamrl.config import Settings
 from streamrl.consumers.processor import EventProcessor
 from streamrl.kafka import EmbeddedBroker, ensure_topics, make_consumer
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=20_000, help="simulated users")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     broker = None
     if not args.bootstrap_servers:
         broker = EmbeddedBroker().start()
@@ -72,12 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     store = (f"sqlite:////tmp/streamrl-bench-{tag}.db" if args.store == "sqlite" else args.redis_url)
     s = Settings.from_env(bootstrap_servers=args.bootstrap_servers or broker.bootstrap_servers,
                           topic_prefix=f"bench{tag}.", group_id=f"bench{tag}", state_store=store,
-                          state_namespace=f"bench{tag}", session_timeout_ms=2000, heartbeat_interval_ms=500)
+                          state_namespace=f"bench{tag}", session_timeout_ms=2000, heartbeat_interval_ms=500,
+                          catalog_path=f"/tmp/streamrl-bench-{tag}-catalog.jsonl")
     try:
         ensure_topics(s)
         print(f"producing {args.events} simulated events ...", file=sys.stderr)
+        sim = Simulator(SimConfig(n_users=args.users, seed=1))
+        write_catalog(s.catalog_path, sim.catalog_items())  # interest vectors are part of the work
         sink = EventSink(s)
-        for ev in Simulator(SimConfig(n_users=args.users, seed=1)).events(args.events):
+        for ev in sim.events(args.events):
             sink.send(ev)
         sink.flush()
         raw = raw_consume(s, args.events)
