@@ -27,8 +27,8 @@ pytestmark = pytest.mark.integration
 
 SMALL = ["--dim", "16", "--hidden", "16", "--history-len", "10", "--batch-size", "64", "--min-buffer", "200",
          "--capacity", "50000", "--holdout-capacity", "5000", "--min-transitions-to-publish", "500",
-         "--publish-interval-s", "1", "--checkpoint-interval-s", "1", "--gate-tolerance", "1",
-         "--snips-tolerance", "1", "--updates-per-transition", "1", "--max-updates-per-poll", "8",
+         "--publish-interval-s", "2", "--checkpoint-interval-s", "1", "--gate-tolerance", "1",
+         "--snips-tolerance", "1", "--updates-per-transition", "0.25", "--max-updates-per-poll", "8",
          "--eval-negatives", "50", "--next-candidates", "32", "--sup-negatives", "32"]
 
 
@@ -75,7 +75,7 @@ def test_kill9_restart_resumes_refills_and_publishes_higher_version(settings, tm
     from the topic, drops redelivered transitions, and publishes a version above every earlier one."""
     world = make_world(200, 100, seed=3)
     warm_histories(world, seed=3)
-    first = transitions(world, 6000, seed=3)
+    first = transitions(world, 3000, seed=3)
     produce(settings, first)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(learn_cmd(settings, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -83,7 +83,7 @@ def test_kill9_restart_resumes_refills_and_publishes_higher_version(settings, tm
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             state = load_checkpoint(tmp_path) if (tmp_path / FILENAME).exists() else None
-            if state is not None and state["last_version"] >= 1 and state["train_step"] > 50:
+            if state is not None and state["last_version"] >= 1 and state["train_step"] > 20:
                 break
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             time.sleep(0.3)
@@ -98,8 +98,8 @@ def test_kill9_restart_resumes_refills_and_publishes_higher_version(settings, tm
     assert before
     ckpt = load_checkpoint(tmp_path)
 
-    second = transitions(world, 2000, seed=4)
-    produce(settings, second + first[:1000])  # 1000 redelivered duplicates
+    second = transitions(world, 1000, seed=4)
+    produce(settings, second + first[:500])  # 500 redelivered duplicates
     out = subprocess.run(learn_cmd(settings, tmp_path, "--until-idle", "--max-seconds", "150"),
                          capture_output=True, env=env, timeout=240)
     stdout, stderr = out.stdout.decode(), out.stderr.decode()
@@ -113,7 +113,7 @@ def test_kill9_restart_resumes_refills_and_publishes_higher_version(settings, tm
     assert int(summary["refilled"]) > 0
     n_unique = len({t["id"] for t in first + second})
     assert int(summary["buffer"]) + int(summary["holdout"]) == int(summary["unique_ids"]) == n_unique
-    assert int(summary["duplicates"]) >= 1000
+    assert int(summary["duplicates"]) >= 500
     counts = manifest_counts(settings)
     assert all(c == 1 for c in counts.values()), counts  # no version published twice
 
@@ -123,7 +123,7 @@ def test_nan_rewards_never_reach_a_published_snapshot(settings, tmp_path):
     snapshot verifies finite and the learner keeps training on the clean ones."""
     world = make_world(200, 100, seed=5)
     warm_histories(world, seed=5)
-    data = transitions(world, 4000, seed=5)
+    data = transitions(world, 2000, seed=5)
     poisoned = 0
     for k, t in enumerate(data):
         if k % 7 == 0:
