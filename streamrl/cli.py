@@ -116,6 +116,41 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+LEARN_FLAGS = KAFKA_FLAGS + ["catalog_path", "embedding_model", "cache_dir", "max_request_bytes",
+                             "poll_max_records", "learner_dir"]
+
+
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from streamrl.learner.config import config_from_args
+    from streamrl.learner.worker import Learner
+    from streamrl.metrics import serve
+
+    settings = settings_from_args(args)
+    serve(settings.metrics_port, default=9402)
+    learner = Learner(settings, config_from_args(args), device=args.device)
+    stop_on_signals(learner.stop)
+    summary = learner.run(max_seconds=args.max_seconds, until_idle=args.until_idle)
+    print(summary.describe(), flush=True)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from streamrl.demo import render, run_demo
+    from streamrl.producers.simulator import SimConfig
+
+    settings = settings_from_args(args)
+    run_dir = Path(args.run_dir or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
+    cfg = SimConfig(n_users=args.users, seed=args.seed, policy=args.policy,
+                    drift_at=sorted(n for chunk in args.drift_at or [] for n in chunk))
+    summary = run_demo(settings, cfg, args.events, run_dir, progress=not args.json)
+    print(json.dumps(summary) if args.json else render(summary), flush=True)
+    print(f"[demo] run directory: {run_dir}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -158,6 +193,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pace at N x real (event) time [default: as fast as possible]")
     add_settings_args(rp, KAFKA_FLAGS + ["catalog_path", "max_request_bytes"])
     rp.set_defaults(func=_cmd_replay)
+
+    dm = sub.add_parser("demo", help="end-to-end run: embedded broker, simulator -> Kafka -> processor, summary")
+    dm.add_argument("--events", type=int, default=100_000, help="events to simulate [default: 100000]")
+    dm.add_argument("--users", type=int, default=2000, help="simulated users [default: 2000]")
+    dm.add_argument("--seed", type=int, default=0, help="simulator seed [default: 0]")
+    dm.add_argument("--policy", choices=["random", "popularity"], default="random",
+                    help="feed policy of the open-loop simulator [default: random]")
+    dm.add_argument("--drift-at", type=_int_list, action="append", metavar="N[,N...]",
+                    help="event counts at which users' interests drift (repeatable)")
+    dm.add_argument("--run-dir", default=None, help="where the run's files go [default: runs/demo-<time>]")
+    dm.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_settings_args(dm, KAFKA_FLAGS + ["attribution_window_ms", "history_len", "reward_click", "reward_purchase"])
+    dm.set_defaults(func=_cmd_demo)
+
+    from streamrl.learner.config import add_learner_args
+
+    ln = sub.add_parser("learn", help="continual learner: replay buffer, Double-DQN + SQN head, gated snapshots")
+    ln.add_argument("--until-idle", action="store_true",
+                    help="exit once the transitions topic is drained and owed updates are done (after a last gate)")
+    ln.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
+    ln.add_argument("--device", default="cpu", help="torch device (cpu, cuda) [default: cpu]")
+    add_settings_args(ln, LEARN_FLAGS)
+    add_learner_args(ln)
+    ln.set_defaults(func=_cmd_learn)
     return p
 
 
