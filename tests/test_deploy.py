@@ -14,9 +14,8 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 def exported_names():
     names = set()
-    for metric in REGISTRY.collect():
-        for sample in metric.samples:
-            names.add(sample.name)
+    for metric in REGISTRY.collect():  # families: counters drop _total, histograms add suffixes
+        names.update(metric.name + suffix for suffix in ("", "_total", "_bucket", "_count", "_sum"))
     return names
 
 
