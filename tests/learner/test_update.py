@@ -1,0 +1,215 @@
+"""The DQN update, its guard rails, item-table growth, checkpoints, rollback, drift response."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from streamrl.learner.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from streamrl.learner.config import LearnerConfig
+from streamrl.learner.dqn import dqn_update, sync_target
+from streamrl.learner.model import build_model, grow_optimizer
+from streamrl.learner.replay import Batch
+from streamrl.learner.worker import Learner
+
+CFG = dict(dim=8, hidden=8, history_len=4, batch_size=32, min_buffer=32, capacity=5000, holdout_fraction=0.2,
+           next_candidates=16, sup_negatives=16, eval_negatives=20, min_transitions_to_publish=100, text_dim=384)
+
+
+def data(n: int, seed: int = 0, start: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(start, start + n):
+        topic = int(rng.integers(4))
+        state = [f"i{topic}-{int(rng.integers(10))}" for _ in range(int(rng.integers(0, 5)))]
+        a_topic = int(rng.integers(4))
+        a = f"i{a_topic}-{int(rng.integers(10))}"
+        r = float(a_topic == topic and rng.random() < 0.7)
+        out.append({"id": f"t{k}", "user_id": "u", "state": state, "action": a, "reward": r,
+                    "next_state": state + [a] if r else state, "ts": k, "propensity": 0.1,
+                    "policy_version": 0, "request_id": None, "position": 0, "engagement": None})
+    return out
+
+
+class FakePublisher:
+    def __init__(self):
+        self.sent = []
+
+    def publish(self, version, tensors, metadata, item_ids):
+        assert all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
+        self.sent.append((version, metadata, item_ids))
+        return {}
+
+
+class Source:
+    def __init__(self, batch, pool):
+        self.batch, self.pool = batch, pool
+
+    def sample(self, n):
+        return self.batch
+
+    def item_pool(self):
+        return self.pool
+
+    def update_priorities(self, slots, td):
+        pass
+
+
+def learner(tmp_path=None, n: int = 600, **kw) -> Learner:
+    lr = Learner(None, LearnerConfig(**{**CFG, **kw}), checkpoint_dir=str(tmp_path) if tmp_path else None)
+    lr.ingest(data(n), 0, 0)
+    return lr
+
+
+def _params(m):
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def test_update_lowers_loss_and_applies_step():
+    lr = learner()
+    before = _params(lr.online)
+    assert lr.train(30) == 30 and lr.train_step == 30
+    assert any(not torch.equal(a, b) for a, b in zip(before, lr.online.parameters()))
+    assert lr.buffer.max_priority >= 1.0
+
+
+@pytest.mark.parametrize("poison,reason", [("nan_reward", "non_finite_loss"), ("inf_reward", "non_finite_loss"),
+                                           ("huge_gradient", "exploding_gradient")])
+def test_guard_skips_bad_steps_without_touching_weights(poison, reason):
+    """A non-finite loss or an exploding gradient is skipped: weights and optimizer untouched."""
+    lr = learner()
+    b = lr.buffer.sample(32)
+    b.reward = b.reward.clone()
+    cfg = lr.cfg
+    if poison == "huge_gradient":  # a gradient norm above skip_grad_norm
+        with torch.no_grad():
+            lr.online.q_head.weight.mul_(1e12)
+        cfg = cfg.replace(skip_grad_norm=1e3)
+    else:
+        b.reward[0] = math.nan if poison == "nan_reward" else math.inf
+    before = _params(lr.online)
+    r = dqn_update(lr.online, lr.target, lr.opt, Source(b, lr.buffer.item_pool()), cfg, 1, torch.Generator())
+    assert r.skipped == reason
+    assert all(torch.equal(a, p) for a, p in zip(before, lr.online.parameters()))
+    assert not lr.opt.state
+
+
+def test_huge_reward_keeps_gradient_bounded_by_huber():
+    lr = learner()
+    b = lr.buffer.sample(32)
+    b.reward = b.reward.clone()
+    b.reward[0] = 1e30
+    r = dqn_update(lr.online, lr.target, lr.opt, Source(b, lr.buffer.item_pool()), lr.cfg, 1, torch.Generator())
+    assert r.skipped is None and r.grad_norm < 100 and lr.weights_finite()
+
+
+def test_target_sync_hard_and_soft():
+    cfg = LearnerConfig(**{**CFG, "target_sync_every": 5})
+    online, target = build_model(10, cfg), build_model(10, cfg)
+    sync_target(online, target, cfg, 4)
+    assert not torch.equal(online.q_head.weight, target.q_head.weight)
+    sync_target(online, target, cfg, 5)
+    assert torch.equal(online.q_head.weight, target.q_head.weight)
+    soft = cfg.replace(target_tau=0.5)
+    with torch.no_grad():
+        online.q_head.weight.add_(1.0)
+    sync_target(online, target, soft, 1)
+    assert torch.allclose(target.q_head.weight, online.q_head.weight - 0.5)
+
+
+def test_new_catalog_items_grow_tables_and_optimizer_without_restart():
+    lr = learner()
+    lr.train(5)
+    rows = lr.online.n_items
+    old = lr.online.item_id.weight[:len(lr.vocab)].detach().clone()
+    new_ids = [f"new{k}" for k in range(3000)]
+    lr.add_items(new_ids, np.ones((3000, 384), dtype=np.float32))
+    assert lr.online.n_items > rows and lr.target.n_items == lr.online.n_items
+    assert torch.equal(lr.online.item_id.weight[:old.shape[0]], old)
+    lr.ingest([{**data(1, start=10_000)[0], "action": "new5"}], 0, 1)
+    assert lr.train(5) == 5  # Adam moments were padded to the grown tables
+    idx = lr.vocab.index["new7"]
+    g = lr.online.item_vectors(torch.tensor([idx]))
+    assert torch.allclose(g, lr.online.text_proj(torch.ones(1, 384)))  # text-only vector
+
+
+def test_grow_optimizer_pads_adam_state():
+    cfg = LearnerConfig(**CFG)
+    m = build_model(4, cfg)
+    opt = torch.optim.Adam(m.parameters())
+    m.item_id.weight.sum().backward()
+    opt.step()
+    grow_optimizer(opt, m.grow(9))
+    st = opt.state[m.item_id.weight]
+    assert st["exp_avg"].shape == (9, 8) and float(st["exp_avg"][4:].abs().sum()) == 0
+
+
+def test_checkpoint_roundtrip_resumes_state(tmp_path):
+    lr = learner(tmp_path)
+    lr.consumed = {0: 1}
+    lr.train(10)
+    pub = FakePublisher()
+    assert lr.maybe_publish(pub) == 1
+    assert (tmp_path / FILENAME).exists()
+    lr2 = Learner(None, LearnerConfig(**CFG), checkpoint_dir=str(tmp_path))
+    assert lr2.train_step == 10 and lr2.last_version == 1 and lr2.vocab.ids == lr.vocab.ids
+    assert torch.equal(lr2.online.item_id.weight, lr.online.item_id.weight)
+    assert lr2.published is not None and lr2.opt.state
+    state = torch.load(tmp_path / FILENAME, weights_only=True)  # plain tensors and primitives
+    assert state["refill"] == {0: 0}
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, {"x": torch.ones(2)})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(Exception):
+        save_checkpoint(tmp_path, {"x": torch.zeros(2)})
+    assert torch.equal(load_checkpoint(tmp_path)["x"], torch.ones(2))
+
+
+def test_non_finite_weights_roll_back_and_never_publish(tmp_path):
+    """Weights that went NaN (say, a bad step slipped through) are rolled back to the last
+    checkpoint before any gate, and nothing is published from them."""
+    lr = learner(tmp_path)
+    lr.train(5)
+    lr.checkpoint()
+    good = lr.online.q_head.weight.detach().clone()
+    with torch.no_grad():
+        lr.online.q_head.weight[0, 0] = math.nan
+    pub = FakePublisher()
+    assert lr.maybe_publish(pub) is None and not pub.sent
+    assert torch.equal(lr.online.q_head.weight, good)
+    assert lr.maybe_publish(pub) == 1
+
+
+def test_gate_rejects_worse_candidate_and_records_figures(tmp_path):
+    lr = learner(tmp_path, gate_tolerance=0.0, snips_tolerance=0.0)
+    lr.train(40)
+    pub = FakePublisher()
+    assert lr.maybe_publish(pub) == 1
+    meta = pub.sent[0][1]
+    assert set(meta["eval"]) >= {"candidate", "popularity", "gate"} and meta["hyperparameters"]["gamma"] == lr.cfg.gamma
+    assert meta["model_config"]["n_items"] == len(lr.vocab) == len(pub.sent[0][2])
+    with torch.no_grad():  # sabotage the candidate: scores no longer depend on the items
+        for p in (lr.online.item_id.weight, lr.online.text_proj.weight, lr.online.item_bias.weight):
+            p.zero_()
+    lr.train_step += 1
+    assert lr.maybe_publish(pub) is None and len(pub.sent) == 1
+
+
+def test_reward_drift_switches_sampling_to_recent():
+    lr = learner(drift_recent_share=0.5, drift_boost_updates=3)
+    for k in range(20):
+        batch = data(200, seed=k, start=1000 + 200 * k)
+        for t in batch:
+            t["reward"] = 0.0 if k < 10 else 5.0
+        lr.ingest(batch, 0, k)
+    assert lr.buffer.recent_share == 0.5 and lr.boost_left == 3
+    lr.train(3)
+    assert lr.buffer.recent_share == 0.0
