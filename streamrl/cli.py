@@ -13,6 +13,7 @@ import sys
 import time
 
 from streamrl.config import KAFKA_FLAGS, Settings, add_settings_args, settings_from_args
+from streamrl.errors import StreamrlError
 
 log = logging.getLogger("streamrl")
 
@@ -223,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", None) or Settings.from_env().log_level)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except StreamrlError as e:  # a clear message, not a traceback; supervisors restart on non-zero
+        log.error("%s: %s", type(e).__name__, e)
+        return 1
 
 
 if __name__ == "__main__":

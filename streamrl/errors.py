@@ -38,3 +38,7 @@ class SnapshotRejected(StreamrlError):
 
 class CheckpointError(StreamrlError):
     """A learner checkpoint could not be written or read back."""
+
+
+class DeliveryFailed(StreamrlError):
+    """A produced record was not acknowledged by the broker."""

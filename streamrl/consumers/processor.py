@@ -39,7 +39,7 @@ from streamrl.config import Settings
 from streamrl.consumers.partition import POS_INF, PartitionRuntime
 from streamrl.consumers.state import JoinRules, UserState
 from streamrl.consumers.store import StateStore, open_store
-from streamrl.errors import InvalidEvent, StaleEpochError
+from streamrl.errors import DeliveryFailed, InvalidEvent, StaleEpochError
 from streamrl.kafka import ensure_topics, make_consumer, make_producer
 from streamrl.schema import Event, dlq_headers, encode_transitions, parse_event
 
@@ -100,6 +100,7 @@ class EventProcessor:
         self.dirty: set[str] = set()
         self.out: dict[int, list[dict[str, Any]]] = {}
         self.summary = Summary()
+        self._sends: list = []  # futures of records produced since the last checkpoint
         self._stopping = False
         self._last_checkpoint = time.monotonic()
         ensure_topics(settings)
@@ -119,6 +120,7 @@ class EventProcessor:
         idle_s = self.s.idle_timeout_ms / 1000
         last_record = time.monotonic()
         last_metrics = 0.0
+        last_log, last_records = start, 0
         try:
             while not self._stopping:
                 batch = self.consumer.poll(timeout_ms=100, max_records=self.s.poll_max_records)
@@ -134,6 +136,9 @@ class EventProcessor:
                 if now - last_metrics >= 1.0:
                     self._export_gauges(now)
                     last_metrics = now
+                if now - last_log >= 10.0:
+                    self._log_progress(now - last_log, last_records)
+                    last_log, last_records = now, self.summary.records
                 if on_batch is not None:
                     on_batch(self)
                 if max_seconds is not None and now - start >= max_seconds:
@@ -222,9 +227,10 @@ class EventProcessor:
         self.summary.invalid += 1
         self.summary.invalid_by_reason[err.reason] = self.summary.invalid_by_reason.get(err.reason, 0) + 1
         m.PROCESSOR_INVALID.labels(err.reason).inc()
-        self.producer.send(self.s.topic("events.dlq"), key=rec.key, value=rec.value,
-                           headers=dlq_headers(err.reason, err.detail, rec.topic, rec.partition, rec.offset),
-                           partition=rec.partition % self.s.partitions)
+        self._sends.append(self.producer.send(
+            self.s.topic("events.dlq"), key=rec.key, value=rec.value,
+            headers=dlq_headers(err.reason, err.detail, rec.topic, rec.partition, rec.offset),
+            partition=rec.partition % self.s.partitions))
 
     def _load_users(self, wanted: dict[str, int]) -> None:
         missing = [u for u in wanted if u not in self.users]
@@ -281,10 +287,11 @@ class EventProcessor:
             batch = self.out.pop(p, None)
             if batch:
                 for i in range(0, len(batch), 2000):
-                    self.producer.send(self.s.topic("transitions"), key=str(p).encode(),
-                                       value=encode_transitions(batch[i:i + 2000]), partition=p)
+                    self._sends.append(self.producer.send(
+                        self.s.topic("transitions"), key=str(p).encode(),
+                        value=encode_transitions(batch[i:i + 2000]), partition=p))
                 n_tr += len(batch)
-        self.producer.flush()
+        self._await_sends()
         self.summary.transitions += n_tr
         m.PROCESSOR_TRANSITIONS.inc(n_tr)
         # 3. store users, offsets and timers atomically
@@ -322,6 +329,17 @@ class EventProcessor:
         self._last_checkpoint = time.monotonic()
         if len(self.users) > self.s.user_cache_size:
             self._evict_clean()
+
+    def _await_sends(self) -> None:
+        """Wait until the broker has every produced record; a failed send stops the processor
+        before its state is committed, so a restart re-produces it (nothing is lost)."""
+        self.producer.flush()
+        sends, self._sends = self._sends, []
+        for f in sends:
+            try:
+                f.get(timeout=30)
+            except KafkaError as e:
+                raise DeliveryFailed(f"a produced record was not acknowledged: {e}") from e
 
     def _evict_clean(self) -> None:
         for uid in [u for u in self.users if u not in self.dirty]:
@@ -383,6 +401,12 @@ class EventProcessor:
 
     def _all_caught_up(self) -> bool:
         return all(rt.caught_up.get(t, False) for rt in self.parts.values() for t in self.topic_type.values())
+
+    def _log_progress(self, seconds: float, records_before: int) -> None:
+        s = self.summary
+        log.info("progress: %d records (%.0f/s), %d events, %d transitions, %d dead letters, partitions %s",
+                 s.records, (s.records - records_before) / seconds, s.events, s.transitions, s.invalid,
+                 sorted(self.parts))
 
     def _export_gauges(self, now: float) -> None:
         lag: dict[str, int] = {t: 0 for t in self.topic_type}
