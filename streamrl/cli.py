@@ -81,6 +81,21 @@ def _cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVE_FLAGS = KAFKA_FLAGS + [
+    "state_store", "state_namespace", "history_len", "catalog_path", "embedding_model", "cache_dir",
+    "max_id_bytes", "max_request_bytes", "serve_host", "serve_port", "serve_token", "serve_exploration",
+    "serve_epsilon", "serve_temperature", "serve_softmax_pool", "serve_max_candidates", "serve_max_k",
+    "serve_max_body_bytes", "snapshot_dir",
+]
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from streamrl.serving.server import run_server
+
+    run_server(settings_from_args(args))
+    return 0
+
+
 def _int_list(text: str) -> list[int]:
     """``--drift-at 1000,5000`` -> ``[1000, 5000]``."""
     return [int(x) for x in text.split(",") if x.strip()]
@@ -207,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_settings_args(dm, KAFKA_FLAGS + ["attribution_window_ms", "history_len", "reward_click", "reward_purchase"])
     dm.set_defaults(func=_cmd_demo)
+
+    sv = sub.add_parser("serve", help="ranking service: POST /rank with the newest verified policy snapshot")
+    add_settings_args(sv, SERVE_FLAGS)
+    sv.set_defaults(func=_cmd_serve)
 
     from streamrl.learner.config import add_learner_args
 

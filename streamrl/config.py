@@ -86,6 +86,19 @@ class Settings:
     # --- Learner -----------------------------------------------------------------------------
     learner_dir: str = _opt(".streamrl/learner", "Directory of the learner's checkpoint (hyperparameters are `learn` flags).")
 
+    # --- Ranking service (serving/) ----------------------------------------------------------
+    serve_host: str = _opt("127.0.0.1", "Address the ranking service listens on.")
+    serve_port: int = _opt(8000, "HTTP port of the ranking service (0: a free port, logged).")
+    serve_token: Secret = _opt(Secret(""), "Bearer token required by /rank, /policy and /metrics of the ranking service; empty: no auth (never printed).")
+    serve_exploration: str = _opt("epsilon", "Slate exploration: greedy, epsilon (per-slot epsilon-greedy) or softmax (Plackett-Luce over the top serve_softmax_pool).")
+    serve_epsilon: float = _opt(0.1, "Per-position probability of a uniformly random remaining candidate (epsilon exploration).")
+    serve_temperature: float = _opt(1.0, "Softmax temperature of Plackett-Luce slate sampling (softmax exploration).")
+    serve_softmax_pool: int = _opt(8, "Top-scored candidates that softmax exploration samples among (exact propensities by subset DP; 1..12).")
+    serve_max_candidates: int = _opt(1000, "Most candidates accepted in one /rank request.")
+    serve_max_k: int = _opt(100, "Largest slate (k) accepted in one /rank request.")
+    serve_max_body_bytes: int = _opt(512 * 1024, "Largest accepted HTTP request body of the ranking service.")
+    snapshot_dir: str = _opt("", "Local snapshot directory: loaded at start-up when newer than the topic's, and every verified snapshot is saved there. Empty: topic only.")
+
     # --- Observability -----------------------------------------------------------------------
     metrics_port: int = _opt(-1, "Prometheus /metrics port: -1 the command's default, 0 a free port (logged), -2 off.")
     log_level: str = _opt("INFO", "Logging level.")
@@ -117,6 +130,18 @@ class Settings:
             raise ValueError(f"state_store must be sqlite:///PATH or redis://..., got {self.state_store!r}")
         if not isinstance(self.sasl_password, Secret):
             self.sasl_password = Secret(self.sasl_password)
+        if not isinstance(self.serve_token, Secret):
+            self.serve_token = Secret(self.serve_token)
+        if self.serve_exploration not in ("greedy", "epsilon", "softmax"):
+            raise ValueError(f"serve_exploration must be greedy, epsilon or softmax, got {self.serve_exploration!r}")
+        if not 0.0 <= self.serve_epsilon <= 1.0:
+            raise ValueError("serve_epsilon must be in [0, 1]")
+        if not self.serve_temperature > 0:
+            raise ValueError("serve_temperature must be > 0")
+        if not 1 <= self.serve_softmax_pool <= 12:
+            raise ValueError("serve_softmax_pool must be in 1..12")
+        if self.serve_max_candidates < 1 or self.serve_max_k < 1 or self.serve_max_body_bytes < 1024:
+            raise ValueError("serve_max_candidates, serve_max_k must be >= 1 and serve_max_body_bytes >= 1024")
 
     def to_env(self) -> dict[str, str]:
         """``STREAMRL_*`` variables that reproduce these settings in a child process."""

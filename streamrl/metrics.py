@@ -92,6 +92,34 @@ SNAPSHOT_REJECTED = Counter("streamrl_snapshot_rejected_total",
                             "Snapshots refused by a reader's verification, by reason.", ["reason"])
 
 
+# --- ranking service (serving/) ------------------------------------------------------------------
+#: Routes of the ranking service (a bounded label); anything else is counted as "other".
+SERVING_ROUTES = ("/rank", "/healthz", "/readyz", "/policy", "/metrics", "other")
+SERVING_REQUEST_SECONDS = Histogram("streamrl_serving_request_duration_seconds",
+                                    "Time from request arrival to response start, by route.", ["route"],
+                                    buckets=(.0005, .001, .0025, .005, .0075, .01, .015, .02, .03, .05, .1, .25, 1))
+SERVING_REQUESTS = Counter("streamrl_serving_requests_total", "HTTP requests answered, by route and status code.",
+                           ["route", "status"])
+SERVING_CANDIDATES = Histogram("streamrl_serving_candidates_per_request", "Candidates in one /rank request.",
+                               buckets=(1, 10, 50, 100, 250, 500, 1000, 2500))
+SERVING_COLD_STARTS = Counter("streamrl_serving_cold_starts_total",
+                              "Ranked requests of users with no stored state (share: divide by /rank 200s).")
+SERVING_UNSCORED = Counter("streamrl_serving_unscored_candidates_total",
+                           "Candidates neither in the policy nor in the catalog (placed last, flagged).")
+SERVING_POLICY_VERSION = Gauge("streamrl_serving_policy_version", "Snapshot version being served (-1: none).")
+SERVING_SWAPS = Counter("streamrl_serving_swaps_total", "Policy snapshots swapped in.")
+SERVING_SWAP_SECONDS = Histogram("streamrl_serving_swap_duration_seconds",
+                                 "Time to rebuild a verified snapshot into a policy and swap it in.",
+                                 buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+SERVING_DECISIONS = Counter("streamrl_serving_decisions_total",
+                            "Served slates sent to ranking.decisions, by outcome (sent, failed, disabled).",
+                            ["outcome"])
+SERVING_POLICY_VERSION.set(-1)
+for _o in ("sent", "failed", "disabled"):
+    SERVING_DECISIONS.labels(_o)
+for _r in SERVING_ROUTES:
+    SERVING_REQUEST_SECONDS.labels(_r)
+
 def precreate_learner_series() -> None:
     """Pre-create the learner's and snapshot reader's bounded series (called by those components,
     so that importing this module does not import torch)."""

@@ -1,0 +1,186 @@
+"""The HTTP edge of the ranking service (FastAPI): thin routes over :class:`Ranker`.
+
+Routes validate input against size limits from :class:`Settings`, call one plain function and
+turn the service's failures into status codes: 400 (unrankable request), 401 (missing or wrong
+bearer token), 413 (body over ``serve_max_body_bytes``), 422 (schema), 503 (no policy yet).
+"""
+
+import hmac
+import time
+from typing import Annotated, Any, Optional
+
+import orjson
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+from streamrl import metrics as M
+from streamrl.config import Settings
+from streamrl.serving.exceptions import BadRankRequest, NotReady
+from streamrl.serving.ranker import Ranker
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: Optional[float] = Field(description="Policy score; null for an unscored candidate.")
+    position: int = Field(ge=0, description="Slot in the feed, 0 first.")
+    propensity: float = Field(gt=0, le=1, description="Exact probability that this item was given this slot.")
+    unscored: bool = Field(description="Neither in the policy nor in the catalog: placed last.")
+
+
+class RankResponse(BaseModel):
+    request_id: str
+    policy_version: int
+    user_id: str
+    cold_start: bool = Field(description="The user has no stored state (history-free ranking).")
+    exploration: str
+    items: list[RankedItem]
+
+
+def rank_request_model(settings: Settings) -> type[BaseModel]:
+    """The /rank body with this deployment's size limits."""
+    item_id = Annotated[str, StringConstraints(min_length=1, max_length=settings.max_id_bytes)]
+    return create_model(
+        "RankRequest", __config__=ConfigDict(extra="forbid"),
+        user_id=(item_id, Field(description="Who the feed is for (unknown users get a cold start).")),
+        candidates=(list[item_id], Field(min_length=1, max_length=settings.serve_max_candidates,
+                                         description="Distinct item ids to rank.")),
+        k=(int, Field(10, ge=1, le=settings.serve_max_k, description="Slate size (capped at the candidate count).")))
+
+
+class LimitsAndMetrics:
+    """ASGI middleware: refuses bodies over ``max_bytes`` (413) and records latency and status."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        route = scope["path"] if scope["path"] in M.SERVING_ROUTES else "other"
+        status = [500]
+
+        async def send_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                M.SERVING_REQUEST_SECONDS.labels(route).observe(time.perf_counter() - t0)
+            await send(message)
+
+        try:
+            body = await self._read_body(scope, receive)
+            if body is None:
+                await _too_large(send_status, self.max_bytes)
+                return
+            replayed = [False]
+
+            async def replay():
+                if not replayed[0]:
+                    replayed[0] = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_status)
+        finally:
+            M.SERVING_REQUESTS.labels(route, str(status[0])).inc()
+
+    async def _read_body(self, scope, receive) -> bytes | None:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    if int(value) > self.max_bytes:
+                        return None
+                except ValueError:
+                    pass
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+async def _too_large(send, limit: int) -> None:
+    body = orjson.dumps({"detail": f"request body larger than {limit} bytes"})
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(ranker: Ranker, settings: Settings) -> FastAPI:
+    """The FastAPI application serving ``ranker``."""
+    RankRequest = rank_request_model(settings)
+    token = settings.serve_token.reveal().encode()
+
+    def authorize(request: Request) -> None:
+        if not token:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
+            raise _Unauthorized()
+
+    app = FastAPI(title="streamrl ranking service", version="1",
+                  description="Ranks feed candidates with the newest verified policy snapshot; "
+                              "explores with exact per-position propensities.")
+    guarded = [Depends(authorize)]
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauthorized(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": "missing or invalid bearer token"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(BadRankRequest)
+    async def _bad_request(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/healthz", summary="Liveness: the process answers.")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: a verified policy is loaded (503 otherwise).",
+             responses={503: {"description": "no verified policy loaded yet"}})
+    async def readyz() -> dict[str, Any]:
+        if ranker.policy is None:
+            raise NotReady("no verified policy loaded yet")
+        return {"status": "ready", "policy_version": ranker.version}
+
+    @app.get("/policy", summary="Version and metadata of the served policy.", dependencies=guarded,
+             responses={401: {"description": "bearer token required"}, 503: {"description": "no policy yet"}})
+    async def policy() -> dict[str, Any]:
+        p = ranker.policy
+        if p is None:
+            raise NotReady("no verified policy loaded yet")
+        return p.describe()
+
+    @app.get("/metrics", summary="Prometheus metrics of this process.", dependencies=guarded,
+             response_class=Response, responses={401: {"description": "bearer token required"}})
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/rank", summary="Rank candidates for a user.", response_model=RankResponse, dependencies=guarded,
+              responses={400: {"description": "duplicate candidates"}, 401: {"description": "bearer token required"},
+                         413: {"description": "body too large"}, 503: {"description": "no policy yet"}})
+    async def rank(body: RankRequest) -> Response:  # type: ignore[valid-type]
+        out = ranker.rank(body.user_id, body.candidates, body.k)
+        return Response(orjson.dumps(out), media_type="application/json")
+
+    app.add_middleware(LimitsAndMetrics, max_bytes=settings.serve_max_body_bytes)
+    return app
+
+
+class _Unauthorized(Exception):
+    """Raised by the auth dependency; answered 401 at the edge."""

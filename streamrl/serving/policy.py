@@ -1,0 +1,101 @@
+"""A servable policy: a verified snapshot rebuilt into a QNetwork with the catalog's text tower.
+
+Snapshots carry weights and item ids but no text embeddings (those are frozen and rebuilt from
+the catalog). :func:`build_policy` loads the weights strictly, appends every catalog item the
+snapshot does not know (id embedding and bias zero: scored by the text tower alone) and attaches
+the text table. It raises :class:`~streamrl.errors.SnapshotRejected` when the weights do not fit
+the model config, so a bad snapshot never replaces a good policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamrl.catalog import ItemEmbeddings
+from streamrl.errors import SnapshotRejected
+from streamrl.learner.model import ModelConfig, QNetwork
+from streamrl.learner.vocab import PAD
+from streamrl.producers.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One immutable policy version; requests read ``service.policy`` once and use only this."""
+
+    version: int
+    metadata: dict[str, Any]
+    model: QNetwork
+    index: dict[str, int]            # item_id -> row of the model's item tables
+    history_len: int
+    vectors: torch.Tensor            # g(a) of every row, computed once at load
+    bias: torch.Tensor               # b(a) of every row
+    loaded_at: float = field(default_factory=time.time)
+
+    def rows(self, item_ids: list[str]) -> np.ndarray:
+        """Model rows of ``item_ids``; -1 for items the policy cannot score (no id, no text)."""
+        get = self.index.get
+        return np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def state(self, history: list[str]) -> torch.Tensor:
+        """``(1, history_len)`` left-padded rows of the most recent items (unknown items: PAD)."""
+        rows = [self.index.get(i, PAD) for i in history[-self.history_len:]]
+        return torch.tensor([[PAD] * (self.history_len - len(rows)) + rows], dtype=torch.long)
+
+    @torch.inference_mode()
+    def score(self, state: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+        """:meth:`QNetwork.score` of candidate ``rows`` for one state, ``(len(rows),)``, from the
+        item vectors precomputed at load (the text projection is not redone per request)."""
+        m = self.model
+        h = m.encode(state)
+        qw = m.cfg.q_weight
+        c = torch.from_numpy(rows)
+        return ((m.q_head(h) * qw + m.sup_head(h)) @ self.vectors[c].T + qw * self.bias[c])[0].numpy()
+
+    def describe(self) -> dict[str, Any]:
+        meta = {k: v for k, v in self.metadata.items() if k not in ("tensors", "hyperparameters")}
+        return {"version": self.version, "loaded_at": self.loaded_at, "items": len(self.index),
+                "metadata": meta}
+
+
+def model_config(version: int, metadata: dict[str, Any]) -> ModelConfig:
+    raw = metadata.get("model_config")
+    if not isinstance(raw, dict):
+        raise SnapshotRejected("bad_manifest", "metadata has no model_config", version)
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    try:
+        return ModelConfig(**{k: v for k, v in raw.items() if k in names})
+    except TypeError as e:
+        raise SnapshotRejected("bad_manifest", f"model_config: {e}", version) from None
+
+
+def build_policy(snap: Snapshot, text: ItemEmbeddings) -> Policy:
+    """Rebuild ``snap`` into a servable :class:`Policy` (raises SnapshotRejected)."""
+    cfg = model_config(snap.version, snap.metadata)
+    model = QNetwork(cfg)
+    try:
+        model.load_state_dict(snap.tensors, strict=True)
+    except RuntimeError as e:  # torch reports missing/unexpected keys and size mismatches this way
+        raise SnapshotRejected("shape_mismatch", str(e).replace("\n", " ")[:300], snap.version) from None
+    if len(text) and text.matrix.shape[1] != cfg.text_dim:
+        raise SnapshotRejected("shape_mismatch", f"catalog text dim {text.matrix.shape[1]} != {cfg.text_dim}",
+                               snap.version)
+    index = {item: row for row, item in enumerate(snap.item_ids) if row != PAD}
+    extra = [i for i in text.item_ids if i not in index]
+    for n, item in enumerate(extra):
+        index[item] = len(snap.item_ids) + n
+    n_rows = max(len(snap.item_ids) + len(extra), model.n_items)
+    model.grow(n_rows)
+    table = torch.zeros(n_rows, cfg.text_dim)
+    if len(text):
+        table[torch.tensor([index[i] for i in text.item_ids])] = torch.from_numpy(np.asarray(text.matrix, np.float32))
+    model.attach_text(table)
+    model.eval().requires_grad_(False)
+    with torch.inference_mode():
+        vectors, bias = model.item_vectors(), model.item_bias_of()
+    return Policy(snap.version, snap.metadata, model, index, cfg.history_len, vectors, bias)

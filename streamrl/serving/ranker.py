@@ -1,0 +1,160 @@
+"""The ranking logic behind ``POST /rank``: user state → scores → explored slate → decision.
+
+:meth:`Ranker.rank` reads the current policy once, so a swap in the middle of a request never
+mixes two versions. Swaps (:meth:`Ranker.offer`) rebuild the snapshot outside any lock and then
+replace one reference: requests are never blocked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamrl import metrics as M
+from streamrl.catalog import ItemEmbeddings
+from streamrl.config import Settings
+from streamrl.consumers.state import UserView
+from streamrl.errors import SnapshotRejected
+from streamrl.producers.snapshot import REJECT_REASONS, Snapshot
+from streamrl.serving.exceptions import BadRankRequest, NotReady
+from streamrl.serving.explore import sample_slate
+from streamrl.serving.policy import Policy, build_policy
+
+log = logging.getLogger(__name__)
+
+DECISIONS_TOPIC = "ranking.decisions"
+DECISION_FORMAT = 1
+
+
+class Ranker:
+    """Holds the served policy, the state store and the decisions producer.
+
+    ``store`` is a :class:`~streamrl.consumers.store.StateStore` (None: every user is a cold
+    start); ``decisions`` a Kafka producer (None: decisions are not logged, counted as disabled).
+    """
+
+    def __init__(self, settings: Settings, text: ItemEmbeddings | None = None, store=None, decisions=None,
+                 seed: int | None = None) -> None:
+        self.settings = settings
+        self.text = text if text is not None else ItemEmbeddings.empty()
+        self.store = store
+        self.decisions = decisions
+        self.decisions_topic = settings.topic(DECISIONS_TOPIC)
+        self.rng = np.random.default_rng(seed)
+        self.policy: Policy | None = None
+        self._swap_lock = threading.Lock()   # serialises swappers, never taken by requests
+        for r in REJECT_REASONS:
+            M.SNAPSHOT_REJECTED.labels(r)
+
+    # --- policy swaps ------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        p = self.policy
+        return -1 if p is None else p.version
+
+    def offer(self, snap: Snapshot) -> bool:
+        """Swap ``snap`` in when it is newer and rebuilds cleanly; else count the rejection and keep
+        serving the current policy. Returns whether it was swapped in."""
+        t0 = time.perf_counter()
+        with self._swap_lock:
+            try:
+                if snap.version <= self.version:
+                    raise SnapshotRejected("stale_version", f"not newer than served v{self.version}", snap.version)
+                policy = build_policy(snap, self.text)
+            except SnapshotRejected as e:
+                M.SNAPSHOT_REJECTED.labels(e.reason).inc()
+                log.warning("snapshot v%d rejected, still serving v%d: %s", snap.version, self.version, e)
+                return False
+            self.policy = policy            # the atomic swap: one reference assignment
+        M.SERVING_SWAPS.inc()
+        M.SERVING_SWAP_SECONDS.observe(time.perf_counter() - t0)
+        M.SERVING_POLICY_VERSION.set(policy.version)
+        log.info("serving policy v%d (%d items, swap %.0f ms)", policy.version, len(policy.index),
+                 (time.perf_counter() - t0) * 1000)
+        return True
+
+    # --- ranking -----------------------------------------------------------------------------
+    def history(self, user_id: str) -> list[str] | None:
+        """The user's recent engaged items (oldest first), or None for a user with no state."""
+        if self.store is None:
+            return None
+        blob = self.store.get_user(user_id)
+        if blob is None:
+            return None
+        try:
+            view = UserView.from_record(user_id, blob, self.settings.history_len)
+        except (ValueError, KeyError, TypeError, IndexError) as e:  # an unreadable record: serve as cold start
+            log.warning("unreadable state of a user (%s): cold start", e)
+            return None
+        return [item for _, item, _ in view.recent]
+
+    def rank(self, user_id: str, candidates: list[str], k: int) -> dict[str, Any]:
+        """Rank ``candidates`` for ``user_id`` and return the response document (see README)."""
+        policy = self.policy
+        if policy is None:
+            raise NotReady("no verified policy loaded yet")
+        if len(set(candidates)) != len(candidates):
+            raise BadRankRequest("candidates contain duplicate item ids")
+        s = self.settings
+        history = self.history(user_id)
+        cold = not history
+        rows = policy.rows(candidates)
+        known = np.flatnonzero(rows >= 0)
+        unknown = np.flatnonzero(rows < 0)
+        k = min(k, len(candidates))
+        items: list[dict[str, Any]] = []
+        if len(known):
+            scores = policy.score(policy.state(history or []), rows[known])
+            picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
+                                         temperature=s.serve_temperature, pool=s.serve_softmax_pool)
+            for pos, (i, p) in enumerate(zip(picked.tolist(), props.tolist())):
+                items.append({"item_id": candidates[known[i]], "score": float(scores[i]), "position": pos,
+                              "propensity": p, "unscored": False})
+        for j in unknown[:k - len(items)].tolist():   # no id, no text: last, flagged, certain
+            items.append({"item_id": candidates[j], "score": None, "position": len(items), "propensity": 1.0,
+                          "unscored": True})
+        M.SERVING_CANDIDATES.observe(len(candidates))
+        if cold:
+            M.SERVING_COLD_STARTS.inc()
+        if len(unknown):
+            M.SERVING_UNSCORED.inc(len(unknown))
+        out = {"request_id": uuid.uuid4().hex, "policy_version": policy.version, "user_id": user_id,
+               "cold_start": cold, "exploration": s.serve_exploration, "items": items}
+        self.log_decision(out)
+        return out
+
+    def log_decision(self, response: dict[str, Any]) -> None:
+        """Send what was served to ``ranking.decisions`` (asynchronously; keyed by user_id)."""
+        if self.decisions is None:
+            M.SERVING_DECISIONS.labels("disabled").inc()
+            return
+        items = response["items"]
+        record = {"v": DECISION_FORMAT, "request_id": response["request_id"], "user_id": response["user_id"],
+                  "policy_version": response["policy_version"], "ts": int(time.time() * 1000),
+                  "exploration": response["exploration"], "cold_start": response["cold_start"],
+                  "items": [it["item_id"] for it in items], "propensities": [it["propensity"] for it in items],
+                  "scores": [it["score"] for it in items]}
+        try:
+            fut = self.decisions.send(self.decisions_topic, key=response["user_id"].encode(), value=orjson.dumps(record))
+            fut.add_errback(_decision_failed)
+            M.SERVING_DECISIONS.labels("sent").inc()
+        except Exception as e:  # kafka-python raises KafkaError and its own timeouts; never fail the request
+            _decision_failed(e)
+
+    def close(self) -> None:
+        if self.decisions is not None:
+            self.decisions.flush(timeout=5)
+            self.decisions.close(timeout=5)
+        if self.store is not None:
+            self.store.close()
+
+
+def _decision_failed(exc: BaseException) -> None:
+    M.SERVING_DECISIONS.labels("failed").inc()
+    log.warning("decision not logged to ranking.decisions: %s", exc)
