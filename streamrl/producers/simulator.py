@@ -143,6 +143,10 @@ class Simulator:
         self._make_catalog(np.random.default_rng([cfg.seed, 1]), random.Random(cfg.seed * 7919 + 1))
         self._reset()
 
+    def use_policy(self, policy: Policy) -> None:
+        """Serve slates with ``policy`` from now on (e.g. an oracle built on this simulator)."""
+        self._external_policy = self.policy = policy
+
     # --- world ------------------------------------------------------------------------------
     def _make_catalog(self, rng: np.random.Generator, text_rng: random.Random) -> None:
         cfg, k = self.cfg, self.cfg.n_topics
@@ -205,6 +209,19 @@ class Simulator:
             logit = cfg.click_bias + cfg.click_affinity_weight * aff + cfg.click_clickbait_weight * bait
             out.append(exam / (1.0 + math.exp(-logit)))
         return out
+
+    def purchase_probability(self, user_id: str, item_ids: list[str]) -> list[float]:
+        """Oracle: probability that a click on each item turns into a purchase right now."""
+        cfg, index = self.cfg, self._item_index
+        out = []
+        for i, aff in zip(item_ids, self.true_affinity(user_id, item_ids)):
+            n = index.get(i)
+            out.append(0.0 if n is None else self._purchase_chance(n, aff))
+        return out
+
+    def _purchase_chance(self, n: int, aff: float) -> float:
+        cfg = self.cfg
+        return cfg.purchase_rate * self._quality[n] * min(1.0, aff * cfg.n_topics / 4.0)
 
     def _drift(self) -> None:
         k = self.cfg.n_topics
@@ -293,7 +310,7 @@ class Simulator:
         self._satisfaction[u] += satisfaction
         self._patience[u] += cfg.satisfaction_gain * satisfaction
         rate = cfg.interest_rate
-        if rng.random() < cfg.purchase_rate * quality * min(1.0, aff * cfg.n_topics / 4.0):
+        if rng.random() < self._purchase_chance(n, aff):
             buy_ts = click_ts + 20_000 + int(rng.expovariate(1 / 90_000.0))
             self._push(heap, buy_ts, _EVENT,
                        Event("", "purchase", uid, iid, buy_ts, rid, pos, value=self._price[n]))
