@@ -1,0 +1,160 @@
+"""The HTTP API: routes, cold start, text-tower and unscored candidates, limits, auth, decisions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from serving_snapshots import catalog_text, make_snapshot
+
+from streamrl.config import Secret, Settings
+from streamrl.consumers.state import UserState
+from streamrl.consumers.store import open_store
+from streamrl.serving.app import create_app
+from streamrl.serving.ranker import Ranker
+
+
+def _client(tmp_path, policy: bool = True, **overrides) -> tuple[TestClient, Ranker]:
+    s = Settings.from_env(state_store=f"sqlite:///{tmp_path}/state.db", **overrides)
+    store = open_store(s.state_store, s.state_namespace)
+    store.commit({}, {}, {"u1": UserState("u1", history=[(1000, "e1", "i3", "click"), (2000, "e2", "c4", "purchase")]).encode(None)}, {})
+    ranker = Ranker(s, catalog_text(), store, None, seed=0)
+    if policy:
+        assert ranker.offer(make_snapshot(1))
+    return TestClient(create_app(ranker, s)), ranker
+
+
+def test_readyz_is_503_until_a_policy_is_loaded(tmp_path):
+    client, ranker = _client(tmp_path, policy=False)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 503
+    assert client.post("/rank", json={"user_id": "u1", "candidates": ["i1"]}).status_code == 503
+    ranker.offer(make_snapshot(4))
+    assert client.get("/readyz").json() == {"status": "ready", "policy_version": 4}
+    assert client.get("/policy").json()["version"] == 4
+
+
+def test_rank_orders_known_then_text_only_then_flags_unscored_last(tmp_path):
+    client, _ = _client(tmp_path, serve_exploration="greedy")
+    cands = ["i1", "nope-1", "i2", "c1", "i7", "nope-2"]
+    out = client.post("/rank", json={"user_id": "u1", "candidates": cands, "k": 6}).json()
+    items = out["items"]
+    assert out["policy_version"] == 1 and not out["cold_start"] and len(out["request_id"]) == 32
+    assert [it["position"] for it in items] == list(range(6))
+    scored = [it for it in items if not it["unscored"]]
+    assert {it["item_id"] for it in scored} == {"i1", "i2", "c1", "i7"}   # c1: catalog text only
+    assert [it["score"] for it in scored] == sorted((it["score"] for it in scored), reverse=True)
+    assert [it["item_id"] for it in items[4:]] == ["nope-1", "nope-2"]
+    assert all(it["unscored"] and it["score"] is None and it["propensity"] == 1.0 for it in items[4:])
+
+
+def test_unknown_user_gets_a_history_free_cold_start(tmp_path):
+    client, ranker = _client(tmp_path, serve_exploration="greedy")
+    cold = client.post("/rank", json={"user_id": "stranger", "candidates": ["i1", "i2", "i3"], "k": 3}).json()
+    warm = client.post("/rank", json={"user_id": "u1", "candidates": ["i1", "i2", "i3"], "k": 3}).json()
+    assert cold["cold_start"] and not warm["cold_start"]
+    p = ranker.policy
+    expect = p.model.score(p.state([]), torch.tensor([p.index["i1"]]))[0, 0].item()
+    assert [it for it in cold["items"] if it["item_id"] == "i1"][0]["score"] == pytest.approx(expect, rel=1e-5)
+
+
+def test_policy_scores_equal_the_model_score(tmp_path):
+    """The served scores (item vectors precomputed at load) are QNetwork.score's, for known and
+    catalog-only items, with and without history."""
+    _, ranker = _client(tmp_path)
+    p = ranker.policy
+    rows = p.rows([f"i{k}" for k in range(40)] + [f"c{k}" for k in range(10)])
+    for hist in ([], ["i3"], ["c4", "i5", "i6", "unknown"]):
+        st = p.state(hist)
+        with torch.no_grad():
+            ref = p.model.score(st, torch.from_numpy(rows))[0].numpy()
+        np.testing.assert_allclose(p.score(st, rows), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("body,status,fragment", [
+    ({"user_id": "u1", "candidates": []}, 422, "at least 1"),
+    ({"user_id": "u1", "candidates": ["i1"] * 1001}, 422, "at most 1000"),
+    ({"user_id": "u1", "candidates": ["i1", "i1"]}, 400, "duplicate"),
+    ({"user_id": "u1", "candidates": ["i1"], "k": 0}, 422, "greater than or equal to 1"),
+    ({"user_id": "u1", "candidates": ["i1"], "k": 101}, 422, "less than or equal to 100"),
+    ({"user_id": "", "candidates": ["i1"]}, 422, "at least 1 character"),
+    ({"user_id": "u" * 257, "candidates": ["i1"]}, 422, "at most 256"),
+    ({"user_id": "u1", "candidates": ["x" * 257]}, 422, "at most 256"),
+    ({"user_id": "u1", "candidates": [3]}, 422, "valid string"),
+    ({"user_id": "u1", "candidates": ["i1"], "extra": 1}, 422, "Extra inputs"),
+    ({"candidates": ["i1"]}, 422, "Field required"),
+])
+def test_bad_requests_get_4xx_with_a_clear_message(tmp_path, body, status, fragment):
+    client, _ = _client(tmp_path)
+    r = client.post("/rank", json=body)
+    assert r.status_code == status
+    assert fragment in json.dumps(r.json())
+
+
+def test_oversize_and_malformed_bodies_are_refused(tmp_path):
+    client, _ = _client(tmp_path, serve_max_body_bytes=4096)
+    r = client.post("/rank", content=b'{"user_id": "u1", "candidates": [' + b'"a",' * 2000 + b'"b"]}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than 4096" in r.json()["detail"]
+    assert client.post("/rank", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_bearer_token_protects_rank_policy_and_metrics(tmp_path):
+    client, _ = _client(tmp_path, serve_token=Secret("s3cret"))
+    body = {"user_id": "u1", "candidates": ["i1"]}
+    for path in ("/rank", "/policy", "/metrics"):
+        call = (lambda h: client.post(path, json=body, headers=h)) if path == "/rank" else (lambda h: client.get(path, headers=h))
+        assert call({}).status_code == 401
+        assert call({"Authorization": "Bearer wrong"}).status_code == 401
+        assert call({"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+    assert "s3cret" not in repr(Settings.from_env(serve_token="s3cret"))
+
+
+def test_metrics_expose_the_serving_series(tmp_path):
+    client, _ = _client(tmp_path)
+    client.post("/rank", json={"user_id": "stranger", "candidates": ["i1", "zz"]})
+    text = client.get("/metrics").text
+    for name in ("streamrl_serving_request_duration_seconds_bucket", 'streamrl_serving_requests_total{route="/rank",status="200"}',
+                 "streamrl_serving_candidates_per_request_bucket", "streamrl_serving_policy_version",
+                 "streamrl_serving_swaps_total", "streamrl_serving_swap_duration_seconds_bucket",
+                 'streamrl_snapshot_rejected_total{reason="non_finite"}', "streamrl_serving_cold_starts_total",
+                 "streamrl_serving_unscored_candidates_total"):
+        assert name in text, name
+
+
+def test_openapi_spec_documents_every_route(tmp_path):
+    client, _ = _client(tmp_path)
+    spec = client.get("/openapi.json").json()
+    assert {"/rank", "/healthz", "/readyz", "/policy", "/metrics"} <= set(spec["paths"])
+    req = spec["components"]["schemas"]["RankRequest"]
+    assert req["properties"]["candidates"]["maxItems"] == 1000
+
+
+@pytest.mark.integration
+def test_served_slates_are_logged_to_ranking_decisions(settings):
+    from streamrl.kafka import make_consumer, make_producer
+
+    ranker = Ranker(settings, catalog_text(), None, make_producer(settings), seed=0)
+    ranker.offer(make_snapshot(3))
+    client = TestClient(create_app(ranker, settings))
+    sent = [client.post("/rank", json={"user_id": f"u{n}", "candidates": ["i1", "i2", "i3"], "k": 2}).json()
+            for n in range(5)]
+    ranker.decisions.flush()
+    consumer = make_consumer(settings, settings.topic("ranking.decisions"), group_id=None, consumer_timeout_ms=5000)
+    got = {}
+    for rec in consumer:
+        d = json.loads(rec.value)
+        got[d["request_id"]] = (rec.key.decode(), d)
+        if len(got) == len(sent):
+            break
+    consumer.close()
+    ranker.close()
+    for out in sent:
+        key, d = got[out["request_id"]]
+        assert key == out["user_id"] == d["user_id"] and d["policy_version"] == 3 and d["ts"] > 0
+        assert d["items"] == [it["item_id"] for it in out["items"]]
+        assert d["propensities"] == [it["propensity"] for it in out["items"]]

@@ -1,0 +1,121 @@
+"""Exploration: the propensities the ranker returns are the exact slot marginals of its sampler.
+
+Exactness is checked twice: against brute-force enumeration of the sampling process on small
+slates, and statistically, by drawing many slates for one fixed user state through
+:meth:`Ranker.rank` and comparing each (item, slot) frequency with the returned propensity.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from serving_snapshots import catalog_text, make_snapshot
+
+from streamrl.config import Settings
+from streamrl.consumers.state import UserState
+from streamrl.consumers.store import open_store
+from streamrl.serving.explore import epsilon_marginals, plackett_luce_marginals, sample_slate
+from streamrl.serving.ranker import Ranker
+
+
+def _brute_epsilon(n: int, k: int, eps: float) -> np.ndarray:
+    """Enumerate every path of the per-slot ε-greedy process (greedy rank 0 is the best)."""
+    out = np.zeros((n, k))
+
+    def walk(remaining: list[int], j: int, p: float) -> None:
+        if j == k:
+            return
+        m = len(remaining)
+        for idx, r in enumerate(remaining):
+            q = eps / m + (1 - eps) * (idx == 0)
+            out[r, j] += p * q
+            walk(remaining[:idx] + remaining[idx + 1:], j + 1, p * q)
+
+    walk(list(range(n)), 0, 1.0)
+    return out
+
+
+def _brute_plackett_luce(w: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((len(w), k))
+    for perm in itertools.permutations(range(len(w)), k):
+        p, left = 1.0, w.sum()
+        for i in perm:
+            p *= w[i] / left
+            left -= w[i]
+        for j, i in enumerate(perm):
+            out[i, j] += p
+    return out
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (3, 2), (5, 3), (6, 6), (8, 4), (9, 2)])
+@pytest.mark.parametrize("eps", [0.0, 0.15, 0.6, 1.0])
+def test_epsilon_marginals_equal_enumeration(n, k, eps):
+    np.testing.assert_allclose(epsilon_marginals(n, k, eps), _brute_epsilon(n, k, eps), atol=1e-12)
+
+
+@pytest.mark.parametrize("m,k", [(1, 1), (3, 2), (5, 5), (7, 3)])
+def test_plackett_luce_marginals_equal_enumeration(m, k):
+    w = np.random.default_rng(m * 10 + k).random(m) + 0.05
+    np.testing.assert_allclose(plackett_luce_marginals(w, k), _brute_plackett_luce(w, k), atol=1e-12)
+
+
+def test_marginals_are_distributions_over_slots_and_items():
+    for marg in (epsilon_marginals(1000, 20, 0.1), plackett_luce_marginals(np.linspace(0.1, 3, 10), 6)):
+        np.testing.assert_allclose(marg.sum(0), 1.0, atol=1e-9)    # each slot holds exactly one item
+        assert (marg.sum(1) <= 1 + 1e-9).all()                      # an item holds at most one slot
+
+
+def test_greedy_slate_is_top_k_with_certain_propensities():
+    picked, props = sample_slate(np.array([0.1, 3.0, 2.0, -1.0]), 3, "greedy", np.random.default_rng(0))
+    assert picked.tolist() == [1, 2, 0] and props.tolist() == [1.0, 1.0, 1.0]
+
+
+def _ranker_with_user(tmp_path, mode: str, seed: int) -> Ranker:
+    s = Settings.from_env(state_store=f"sqlite:///{tmp_path}/state.db", serve_exploration=mode,
+                          serve_epsilon=0.3, serve_temperature=0.7, serve_softmax_pool=5)
+    store = open_store(s.state_store, s.state_namespace)
+    user = UserState("u1", history=[(1000 + t, f"e{t}", f"i{t}", "click") for t in range(4)])
+    store.commit({}, {}, {"u1": user.encode(None)}, {})
+    r = Ranker(s, catalog_text(), store, None, seed=seed)
+    assert r.offer(make_snapshot(1))
+    return r
+
+
+@pytest.mark.parametrize("mode", ["epsilon", "softmax"])
+def test_observed_slot_frequencies_match_returned_propensities(tmp_path, mode):
+    """For one fixed state, N slates: every (item, slot) count lies within 4.5 binomial standard
+    deviations of N * propensity, and the whole table passes a chi-square test per slot."""
+    ranker = _ranker_with_user(tmp_path, mode, seed=7)
+    cands = [f"i{k}" for k in range(10, 18)] + ["c1", "c2"]   # 10 candidates (2 scored by text only)
+    n, k = 4000, 4
+    counts: Counter = Counter()
+    returned: dict[tuple[str, int], float] = {}
+    for _ in range(n):
+        out = ranker.rank("u1", cands, k)
+        assert not out["cold_start"]
+        for it in out["items"]:
+            key = (it["item_id"], it["position"])
+            counts[key] += 1
+            prev = returned.setdefault(key, it["propensity"])
+            assert prev == pytest.approx(it["propensity"], abs=1e-12)   # fixed state: fixed propensity
+    for j in range(k):
+        slot = {i: p for (i, pos), p in returned.items() if pos == j}
+        assert sum(slot.values()) <= 1 + 1e-9
+        chi2, cells = 0.0, 0
+        for item, p in slot.items():
+            c = counts[(item, j)]
+            sd = math.sqrt(n * p * (1 - p)) or 1e-9
+            assert abs(c - n * p) <= 4.5 * sd + 1, (mode, item, j, c, n * p)
+            if n * p >= 5:
+                chi2 += (c - n * p) ** 2 / (n * p)
+                cells += 1
+        # chi-square upper 1e-4 quantile for `cells` degrees of freedom (Wilson-Hilferty approximation)
+        df = max(cells - 1, 1)
+        crit = df * (1 - 2 / (9 * df) + 3.72 * math.sqrt(2 / (9 * df))) ** 3
+        assert chi2 <= crit, (mode, j, chi2, crit)
+    # items never drawn into a slot must have propensity ~0 there: every drawn pair was returned
+    assert set(counts) == set(returned)
