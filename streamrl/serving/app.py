@@ -45,7 +45,8 @@ def rank_request_model(settings: Settings) -> type[BaseModel]:
         "RankRequest", __config__=ConfigDict(extra="forbid"),
         user_id=(item_id, Field(description="Who the feed is for (unknown users get a cold start).")),
         candidates=(list[item_id], Field(min_length=1, max_length=settings.serve_max_candidates,
-                                         description="Distinct item ids to rank.")),
+                                         json_schema_extra={"uniqueItems": True},
+                                         description="Distinct item ids to rank (duplicates: 400).")),
         k=(int, Field(10, ge=1, le=settings.serve_max_k, description="Slate size (capped at the candidate count).")))
 
 
