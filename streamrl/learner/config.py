@@ -64,6 +64,9 @@ class LearnerConfig:
     """Priority exponent: p_i = (|TD_i| + eps)^alpha."""
     beta: float = 0.4
     """Importance-sampling correction exponent of prioritized sampling."""
+    positive_share: float = 0.25
+    """Share of each batch drawn uniformly from rewarded transitions (rewards are sparse: ~2% of views);
+    importance weights correct the TD loss for it."""
     priority_eps: float = 1e-3
     """Added to |TD error| so every transition keeps some probability."""
     holdout_fraction: float = 0.1

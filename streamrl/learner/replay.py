@@ -101,7 +101,7 @@ def is_holdout(tid: str, fraction: float) -> bool:
 
 
 def _history(items: list[str], vocab: ItemVocab, length: int) -> list[int]:
-    idx = vocab.add(items[-length:]).tolist() if items else []
+    idx = vocab.add_list(items[-length:]) if items else []
     return [PAD] * (length - len(idx)) + idx
 
 
@@ -114,6 +114,7 @@ class ReplayBuffer:
         self.train = Ring(cfg.capacity, cfg.history_len)
         self.holdout = Ring(max(1, cfg.holdout_capacity), cfg.history_len)
         self.tree = SumTree(cfg.capacity) if cfg.prioritized else None
+        self.pos_tree = SumTree(cfg.capacity)  # leaf 1 where the transition was rewarded
         self.max_priority = 1.0
         self.where: dict[str, tuple[int, int]] = {}  # id -> (0 train | 1 holdout, slot)
         self.rng = np.random.default_rng(cfg.seed)
@@ -153,7 +154,7 @@ class ReplayBuffer:
             r["ids"].append(tid)
             r["state"].append(_history(t["state"], self.vocab, L))
             r["next_state"].append(_history(t["next_state"], self.vocab, L))
-            r["action"].append(int(self.vocab.add([t["action"]])[0]))
+            r["action"].append(self.vocab.add_list([t["action"]])[0])
             r["reward"].append(float(t["reward"]))
             p = t.get("propensity")
             r["propensity"].append(math.nan if p is None else float(p))
@@ -192,33 +193,64 @@ class ReplayBuffer:
         if not bool(self._acted[acted].all()):
             self._acted[acted] = True
             self._pool = None
+        if which == 0:
+            self.pos_tree.update(slots, (tensors["reward"] > 0).double().numpy())
         if which == 0 and self.tree is not None:
             self.tree.update(slots, np.full(n, self.max_priority ** self.cfg.alpha))
 
     # --- sampling --------------------------------------------------------------------------
     def sample(self, batch_size: int) -> Batch:
-        """A batch from the training ring: prioritized or uniform, plus a recent share after drift."""
+        """A batch from the training ring, drawn from a mixture of three proposals:
+
+        - main: proportional to priority (prioritized) or uniform;
+        - rewarded: uniform over rewarded transitions (``positive_share``; sparse rewards);
+        - recent: uniform over the newest ``drift_recent_window`` (``recent_share``, after drift).
+
+        Importance weights ``(1 / (N * P(i))) ** beta`` (max-normalised) use the exact mixture
+        probability, so the oversampling does not bias the TD loss (fully at beta = 1).
+        """
         ring, size = self.train, self.train.size
         if size == 0:
             raise ValueError("cannot sample from an empty buffer")
+        n_pos_total = self.pos_tree.total
+        pos_share = self.cfg.positive_share if n_pos_total >= 1 else 0.0
         n_recent = int(round(batch_size * self.recent_share))
-        n_main = batch_size - n_recent
-        weight = np.ones(batch_size, dtype=np.float32)
-        if self.tree is not None and n_main:
-            slots = self.tree.sample(n_main, self.rng)
-            slots = np.where(slots < size, slots, self.rng.integers(0, size, n_main))
-            p = self.tree.get(slots) / max(self.tree.total, 1e-12)
-            w = (size * np.maximum(p, 1e-12)) ** (-self.cfg.beta)
-            weight[:n_main] = w / w.max()
-        else:
-            slots = self.rng.integers(0, size, n_main)
+        n_pos = min(int(round(batch_size * pos_share)), batch_size - n_recent)
+        n_main = batch_size - n_recent - n_pos
+        parts = []
+        if n_main:
+            if self.tree is not None:
+                main = self.tree.sample(n_main, self.rng)
+                parts.append(np.where(main < size, main, self.rng.integers(0, size, n_main)))
+            else:
+                parts.append(self.rng.integers(0, size, n_main))
+        if n_pos:
+            pos = self.pos_tree.sample(n_pos, self.rng)
+            parts.append(np.where(pos < size, pos, self.rng.integers(0, size, n_pos)))
+        window = min(self.cfg.drift_recent_window, size)
         if n_recent:
-            window = min(self.cfg.drift_recent_window, size)
-            back = self.rng.integers(1, window + 1, n_recent)
-            slots = np.concatenate([slots, (ring.ptr - back) % ring.capacity])
-        t_slots = torch.from_numpy(slots)
-        state, action, reward, next_state, prop = ring.gather(t_slots)
+            parts.append((ring.ptr - self.rng.integers(1, window + 1, n_recent)) % ring.capacity)
+        slots = np.concatenate(parts)
+        weight = self._weights(slots, size, n_main / batch_size, n_pos / batch_size, n_recent / batch_size, window)
+        state, action, reward, next_state, prop = ring.gather(torch.from_numpy(slots))
         return Batch(state, action, reward, next_state, prop, torch.from_numpy(weight), slots)
+
+    def _weights(self, slots: np.ndarray, size: int, s_main: float, s_pos: float, s_recent: float,
+                 window: int) -> np.ndarray:
+        if s_main == 1.0 and self.tree is None:
+            return np.ones(len(slots), dtype=np.float32)
+        if self.tree is not None:
+            p_main = self.tree.get(slots) / max(self.tree.total, 1e-12)
+        else:
+            p_main = np.full(len(slots), 1.0 / size)
+        p = s_main * p_main
+        if s_pos:
+            p = p + s_pos * self.pos_tree.get(slots) / self.pos_tree.total
+        if s_recent:
+            age = (self.train.ptr - 1 - slots) % self.train.capacity
+            p = p + s_recent * (age < window) / window
+        w = (size * np.maximum(p, 1e-12)) ** (-self.cfg.beta)
+        return (w / w.max()).astype(np.float32)
 
     def item_pool(self) -> torch.Tensor:
         """Indices of items that have been logged as actions: where negatives and next-state

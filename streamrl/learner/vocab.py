@@ -7,7 +7,7 @@ its text vector when the entry arrives.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Sequence as Iterable
 
 import numpy as np
 import torch
@@ -48,16 +48,23 @@ class ItemVocab:
 
     def add(self, item_ids: Iterable[str]) -> torch.Tensor:
         """Indices of ``item_ids``, appending unknown ones."""
-        out = []
+        return torch.tensor(self.add_list(item_ids), dtype=torch.long)
+
+    def add_list(self, item_ids: Iterable[str]) -> list[int]:
+        """Like :meth:`add`, as a plain list (the ingestion path)."""
         index = self.index
-        for i in item_ids:
-            n = index.get(i)
-            if n is None:
-                n = index[i] = len(self.ids)
-                self.ids.append(i)
-            out.append(n)
-        self._reserve(len(self.ids))
-        return torch.tensor(out, dtype=torch.long)
+        out = [index.get(i) for i in item_ids]
+        if None in out:
+            for k, n in enumerate(out):
+                if n is None:
+                    i = item_ids[k]
+                    n = index.get(i)
+                    if n is None:
+                        n = index[i] = len(self.ids)
+                        self.ids.append(i)
+                    out[k] = n
+            self._reserve(len(self.ids))
+        return out
 
     def lookup(self, item_ids: Iterable[str]) -> torch.Tensor:
         """Indices of ``item_ids`` without adding; unknown items map to PAD."""

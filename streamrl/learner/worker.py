@@ -375,7 +375,8 @@ class Learner:
         last_data, rate_updates = now, 0
         try:
             while not self._stopping:
-                batches = consumer.poll(timeout_ms=100, max_records=settings.poll_max_records)
+                busy = self.owed >= 1 and len(self.buffer) >= self.cfg.min_buffer
+                batches = consumer.poll(timeout_ms=0 if busy else 100, max_records=settings.poll_max_records)
                 for tp, records in batches.items():
                     for rec in records:
                         self._ingest_record(tp.partition, rec)

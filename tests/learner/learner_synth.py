@@ -95,3 +95,32 @@ def warm_histories(world: World, per_user: int = 5, seed: int = 0, exclude: set[
             by_topic.setdefault(t, []).append(iid)
     for u, topics in world.users.items():
         world.history[u] = [rng.choice(by_topic[rng.choice(topics)]) for _ in range(per_user)]
+
+
+def join_events(events, window_ms: int = 30 * 60 * 1000, weights=None, history_len: int = 20) -> list[dict]:
+    """Transitions from an event stream sorted by ts, by the contract's join: a click/purchase
+    rewards the latest view of the same (user, item) within the window; state = engaged items
+    before the view; next_state = state + action when rewarded. (The processor does this over
+    Kafka; here it lets learner tests run on the simulator's events without a broker.)"""
+    weights = weights or {"view": 0.0, "click": 1.0, "purchase": 5.0}
+    history: dict[str, list[str]] = {}
+    latest_view: dict[tuple[str, str], dict] = {}
+    out: list[dict] = []
+    for e in events:
+        hist = history.setdefault(e.user_id, [])
+        if e.type == "view":
+            state = hist[-history_len:]
+            t = transition_record(tid=f"tr-{e.event_id}", user_id=e.user_id, state=list(state), action=e.item_id,
+                                  reward=weights["view"], next_state=list(state), ts=e.ts,
+                                  propensity=e.propensity, policy_version=e.policy_version,
+                                  request_id=e.request_id, position=e.position, engagement=None)
+            latest_view[(e.user_id, e.item_id)] = t
+            out.append(t)
+            continue
+        hist.append(e.item_id)
+        t = latest_view.get((e.user_id, e.item_id))
+        if t is not None and t["ts"] <= e.ts <= t["ts"] + window_ms and weights[e.type] > t["reward"]:
+            t["reward"] = weights[e.type]
+            t["engagement"] = e.type
+            t["next_state"] = (t["state"] + [e.item_id])[-history_len:]
+    return out

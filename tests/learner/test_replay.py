@@ -91,14 +91,14 @@ def test_holdout_split_is_by_id_and_never_sampled():
 
 
 def test_uniform_sampling_covers_the_buffer():
-    b = buf(prioritized=False, batch_size=256)
+    b = buf(prioritized=False, batch_size=256, positive_share=0.0)
     b.add([tr(k) for k in range(50)])
     slots = np.concatenate([b.sample(256).slots for _ in range(20)])
     assert set(slots.tolist()) == set(range(50))
 
 
 def test_prioritized_sampling_follows_priorities_and_weights_correct_bias():
-    b = buf(alpha=1.0, beta=1.0, batch_size=1000, priority_eps=0.0)
+    b = buf(alpha=1.0, beta=1.0, batch_size=1000, priority_eps=0.0, positive_share=0.0)
     b.add([tr(k) for k in range(4)])
     b.update_priorities(np.arange(4), np.array([1.0, 1.0, 1.0, 7.0]))
     s = b.sample(1000)
@@ -108,8 +108,21 @@ def test_prioritized_sampling_follows_priorities_and_weights_correct_bias():
     assert w[s.slots == 3].max() < w[s.slots == 0].min()  # rarer samples weigh more
 
 
+def test_rewarded_share_oversamples_sparse_rewards_with_exact_is_weights():
+    """With 1 rewarded transition in 100 and positive_share 0.5, half the batch is that one; its
+    importance weight (beta = 1) is P(other) / P(it) relative to the others: unbiased TD loss."""
+    b = buf(prioritized=False, batch_size=10_000, positive_share=0.5, beta=1.0, capacity=1000)
+    b.add([tr(k, reward=1.0 if k == 42 else 0.0) for k in range(100)])
+    s = b.sample(10_000)
+    pos = s.reward > 0
+    assert 0.49 < float(pos.float().mean()) < 0.52
+    p_pos, p_other = 0.5 / 100 + 0.5, 0.5 / 100
+    assert float(s.weight[pos][0] / s.weight[~pos][0]) == pytest.approx(p_other / p_pos, rel=1e-4)
+    assert float((s.weight * s.reward).sum() / s.weight.sum()) == pytest.approx(0.01, abs=0.003)
+
+
 def test_recent_share_draws_from_newest_transitions():
-    b = buf(capacity=1000, batch_size=100, drift_recent_window=10, prioritized=False)
+    b = buf(capacity=1000, batch_size=100, drift_recent_window=10, prioritized=False, positive_share=0.0)
     b.add([tr(k) for k in range(500)])
     b.recent_share = 0.5
     s = b.sample(100)
