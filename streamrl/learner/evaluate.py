@@ -70,6 +70,7 @@ def evaluate(scorer: Scorer, batch: Batch, n_items: int, cfg: LearnerConfig, see
         negs = torch.randint(1, max(n_items, 2), (cfg.eval_negatives,), generator=gen)
     else:
         negs = torch.arange(1, n_items)
+    negs = negs.to(batch.state.device)
     hits = ndcg = 0.0
     n_rew = n_logged = 0
     td_sum, w_sum, wr_sum = 0.0, 0.0, 0.0
@@ -78,7 +79,8 @@ def evaluate(scorer: Scorer, batch: Batch, n_items: int, cfg: LearnerConfig, see
         reward, prop = batch.reward[i:i + chunk], batch.propensity[i:i + chunk]
         scores = scorer(state, torch.cat([negs, action]))  # (B, K + B): negatives, then actions
         k = len(negs)
-        neg, pos = scores[:, :k], scores[torch.arange(len(action)), k + torch.arange(len(action))]
+        rows = torch.arange(len(action), device=scores.device)
+        neg, pos = scores[:, :k], scores[rows, k + rows]
         valid = negs.unsqueeze(0) != action.unsqueeze(1)
         rew = reward > 0
         if bool(rew.any()):

@@ -31,6 +31,7 @@ class ItemVocab:
         self.index: dict[str, int] = {}
         self.text = torch.zeros(max(capacity, 2), text_dim)
         self.has_text = torch.zeros(max(capacity, 2), dtype=torch.bool)
+        self.text_version = 0  # bumped whenever ``text`` is reallocated or written
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -45,6 +46,7 @@ class ItemVocab:
         has = torch.zeros(new, dtype=torch.bool)
         has[:cap] = self.has_text
         self.text, self.has_text = text, has
+        self.text_version += 1
 
     def add(self, item_ids: Iterable[str]) -> torch.Tensor:
         """Indices of ``item_ids``, appending unknown ones."""
@@ -76,6 +78,7 @@ class ItemVocab:
         vec = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
         self.text[idx] = vec
         self.has_text[idx] = True
+        self.text_version += 1
 
     def missing_text(self) -> list[str]:
         n = len(self.ids)

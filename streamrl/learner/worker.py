@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
+from kafka.errors import KafkaError
 
 from streamrl import metrics as M
 from streamrl.config import Settings
@@ -133,9 +134,10 @@ class Learner:
             grow_optimizer(self.opt, self.online.grow(rows))
             for net in nets[1:]:
                 net.grow(rows)
-        text = self.vocab.text.to(self.device)
+        text = self.vocab.text.to(self.device)  # shared on CPU, one copy on an accelerator
         for net in nets:
             net.attach_text(text)
+        self._text_version = self.vocab.text_version
         M.LEARNER_CATALOG.set(len(self.vocab) - 1)
 
     def add_items(self, item_ids: list[str], text_vectors) -> None:
@@ -147,10 +149,9 @@ class Learner:
     def ingest(self, transitions: Iterable[dict[str, Any]], partition: int = -1, offset: int = -1,
                refill: bool = False) -> int:
         """Put one message's transitions into the buffer; returns how many were new training rows."""
-        before_items = self.vocab.text.shape[0]
         rej_before, dup_before = sum(self.buffer.rejected.values()), self.buffer.duplicates
         rewards = self.buffer.add(transitions, partition, offset)
-        if self.vocab.text.shape[0] != before_items or self.vocab.text.data_ptr() != self.online.text.data_ptr():
+        if self.vocab.text_version != self._text_version:
             self._attach_text()
         n_train, n_hold = len(rewards["train"]), len(rewards["holdout"])
         rejected = sum(self.buffer.rejected.values()) - rej_before
@@ -245,9 +246,11 @@ class Learner:
         batch = self.buffer.eval_slice(self.cfg.eval_size)
         if not len(batch) or not bool((batch.reward > 0).any()):
             return None
+        batch = batch.to(self.device)
         n, seed = len(self.vocab), self.train_step
+        popularity = popularity_scorer(self.buffer.popularity(n).to(self.device))
         out = {"candidate": evaluate(model_scorer(self.online), batch, n, self.cfg, seed, model=self.online),
-               "popularity": evaluate(popularity_scorer(self.buffer.popularity(n)), batch, n, self.cfg, seed)}
+               "popularity": evaluate(popularity, batch, n, self.cfg, seed)}
         if self.published is not None:
             out["published"] = evaluate(model_scorer(self.published), batch, n, self.cfg, seed, model=self.published)
         for policy, rep in out.items():
@@ -281,7 +284,12 @@ class Learner:
                 "eval": {k: v.to_dict() for k, v in figures.items()} | {"gate": reason, "eval_seed": self.train_step},
                 "model_config": {**self.online.cfg.to_dict(), "n_items": len(item_ids)},
                 "hyperparameters": self.cfg.to_dict(), "transitions_seen": self.seen}
-        publisher.publish(version, tensors, meta, item_ids)
+        try:
+            publisher.publish(version, tensors, meta, item_ids)
+        except KafkaError as e:  # the version is burned: a retry goes above any chunks already sent
+            self.last_version = version
+            log.error("publishing v%d failed (%s); keeping v%d published", version, e, version - 1)
+            return None
         M.LEARNER_PUBLISH_SECONDS.observe(time.monotonic() - t0)
         self.last_version = version
         self.published = copy.deepcopy(self.online)

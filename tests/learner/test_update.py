@@ -213,3 +213,44 @@ def test_reward_drift_switches_sampling_to_recent():
     assert lr.buffer.recent_share == 0.5 and lr.boost_left == 3
     lr.train(3)
     assert lr.buffer.recent_share == 0.0
+
+
+def test_catalog_file_changes_are_picked_up_without_restart(tmp_path, embedder):
+    """New catalog lines get rows and text vectors while the learner runs (no restart)."""
+    from streamrl.catalog import write_catalog
+    from streamrl.config import Settings
+
+    path = tmp_path / "catalog.jsonl"
+    items = [{"item_id": f"c{k}", "title": f"rocket launch {k}", "category": "space"} for k in range(5)]
+    write_catalog(path, items)
+    s = Settings.from_env(catalog_path=str(path), cache_dir=str(tmp_path / "cache"))
+    lr = Learner(s, LearnerConfig(**CFG))
+    assert lr.refresh_catalog(embedder) == 5 and lr.refresh_catalog(embedder) == 0
+    lr.ingest(data(300), 0, 0)
+    lr.train(3)
+    write_catalog(path, items + [{"item_id": "c-new", "title": "pasta recipe", "category": "cooking"}])
+    import os
+    os.utime(path, (os.path.getmtime(path) + 5,) * 2)
+    assert lr.refresh_catalog(embedder) == 1
+    idx = lr.vocab.index["c-new"]
+    assert bool(lr.vocab.has_text[idx]) and float(lr.online.text[idx].norm()) == pytest.approx(1.0, abs=1e-4)
+    assert lr.train(3) == 3
+
+
+def test_metrics_exported_after_training(tmp_path):
+    from prometheus_client import REGISTRY
+
+    lr = learner(tmp_path)
+    lr.train(5)
+    lr.maybe_publish(FakePublisher())
+    lr._set_buffer_gauges()
+    names = {m.name for m in REGISTRY.collect()}
+    for n in ("streamrl_learner_buffer_transitions", "streamrl_learner_updates", "streamrl_learner_updates_per_second",
+              "streamrl_learner_loss", "streamrl_learner_td_error", "streamrl_learner_q_mean",
+              "streamrl_learner_grad_norm", "streamrl_learner_published_version",
+              "streamrl_learner_publish_duration_seconds", "streamrl_learner_eval",
+              "streamrl_learner_drift_events", "streamrl_learner_skipped_updates",
+              "streamrl_learner_rejected_transitions"):
+        assert n in names, n
+    assert REGISTRY.get_sample_value("streamrl_learner_buffer_transitions", {"ring": "train"}) == len(lr.buffer)
+    assert REGISTRY.get_sample_value("streamrl_learner_eval", {"policy": "candidate", "metric": "hr10"}) is not None
