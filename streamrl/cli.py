@@ -167,6 +167,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from streamrl.report import markdown_table, render_run
+
+    summary = render_run(args.run_dir)
+    print(markdown_table(summary))
+    print(f"[report] {args.run_dir}/report.md and {args.run_dir}/reward.png written", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -226,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="ranking service: POST /rank with the newest verified policy snapshot")
     add_settings_args(sv, SERVE_FLAGS)
     sv.set_defaults(func=_cmd_serve)
+
+    rep = sub.add_parser("report", help="render a run's recorded figures as report.md (table) and reward.png (plot)")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with curves.jsonl (from `streamrl demo`)")
+    rep.set_defaults(func=_cmd_report)
 
     from streamrl.learner.config import add_learner_args
 

@@ -275,7 +275,8 @@ class Simulator:
         uid = self.user_ids[u]
         slate = self.policy.rank(uid, rng.sample(self.item_ids, cfg.n_candidates), cfg.slate_size, t)
         version = self.policy.version
-        rid = f"s{cfg.seed}-q{self._n_requests}"
+        # a ranking service names its requests (so decisions join to views); built-ins do not
+        rid = getattr(self.policy, "last_request_id", None) or f"s{cfg.seed}-q{self._n_requests}"
         self._n_requests += 1
         views, dwell_ms = [], 0
         for pos, (iid, prop) in enumerate(slate):

@@ -1,0 +1,162 @@
+"""Learning reports: per-arm reward curves recorded during a run, rendered as a table and a plot.
+
+A run directory holds ``curves.jsonl``: one line per arm and window of events,
+``{"arm", "events", "views", "reward", "clicks", "purchases", "policy_version", "wall"}``, where
+``events`` is the arm's cumulative event count at the end of the window and the other counts are
+the window's own. :func:`summarize` turns that into the figures the demo prints;
+``streamrl report RUN_DIR`` renders ``report.md`` and ``reward.png`` from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from streamrl.schema import Event
+
+ARM_ORDER = ("learned", "oracle", "river", "popularity", "random")
+
+
+class CurveRecorder:
+    """Accumulates one arm's rewards per window of ``window`` events and appends them to a file."""
+
+    def __init__(self, path: str | os.PathLike, arm: str, weights: dict[str, float], window: int = 2000) -> None:
+        self.path, self.arm, self.weights, self.window = Path(path), arm, weights, window
+        self.events = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.views = self.clicks = self.purchases = 0
+        self.reward = 0.0
+        self.version: int | None = None
+
+    def learn_one(self, ev: Event) -> None:
+        """Count one event (river's verb: the recorder is an online statistic)."""
+        self.events += 1
+        if ev.type == "view":
+            self.views += 1
+            if ev.policy_version is not None:
+                self.version = ev.policy_version
+        elif ev.type == "click":
+            self.clicks += 1
+        else:
+            self.purchases += 1
+        self.reward += self.weights[ev.type]
+        if self.events % self.window == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.views and not self.clicks and not self.purchases:
+            return
+        row = {"arm": self.arm, "events": self.events, "views": self.views, "reward": self.reward,
+               "clicks": self.clicks, "purchases": self.purchases, "policy_version": self.version,
+               "wall": time.time()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._reset()
+
+
+def load_curves(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
+    arms: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                arms[row["arm"]].append(row)
+    for rows in arms.values():
+        rows.sort(key=lambda r: r["events"])
+    return dict(arms)
+
+
+def _rate(rows: Iterable[dict[str, Any]]) -> tuple[float, float]:
+    rows = list(rows)
+    views = sum(r["views"] for r in rows)
+    if not views:
+        return 0.0, 0.0
+    return sum(r["reward"] for r in rows) / views, sum(r["clicks"] for r in rows) / views
+
+
+def window_rate(rows: list[dict[str, Any]], start: int, end: int) -> float:
+    """Reward per view over windows ending in (start, end] events."""
+    return _rate(r for r in rows if start < r["events"] <= end)[0]
+
+
+def summarize(arms: dict[str, list[dict[str, Any]]], tail: float = 0.2) -> dict[str, Any]:
+    """Per-arm reward per view and CTR over the last ``tail`` of each arm's events, and ratios."""
+    out: dict[str, Any] = {"arms": {}}
+    for arm, rows in arms.items():
+        total = rows[-1]["events"] if rows else 0
+        last = [r for r in rows if r["events"] > total * (1 - tail)]
+        reward, ctr = _rate(last)
+        all_reward, _ = _rate(rows)
+        out["arms"][arm] = {"events": total, "reward_per_view_tail": round(reward, 5), "ctr_tail": round(ctr, 5),
+                            "reward_per_view_all": round(all_reward, 5)}
+    learned = out["arms"].get("learned", {}).get("reward_per_view_tail")
+    for base in ("oracle", "popularity", "river", "random"):
+        b = out["arms"].get(base, {}).get("reward_per_view_tail")
+        if learned is not None and b:
+            out[f"reward_vs_{base}"] = round(learned / b, 4)
+    return out
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    lines = ["| arm | events | reward/view (last 20%) | CTR (last 20%) | reward/view (all) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    arms = summary["arms"]
+    for arm in sorted(arms, key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99):
+        a = arms[arm]
+        lines.append(f"| {arm} | {a['events']} | {a['reward_per_view_tail']:.4f} | {a['ctr_tail']:.4f} | "
+                     f"{a['reward_per_view_all']:.4f} |")
+    ratios = [f"{k} = {v}" for k, v in summary.items() if k.startswith("reward_vs_") or k.endswith("_s")
+              or k.endswith("_ratio")]
+    if ratios:
+        lines += ["", "; ".join(ratios)]
+    return "\n".join(lines)
+
+
+def plot(arms: dict[str, list[dict[str, Any]]], path: str | os.PathLike, smooth: int = 5,
+         drift_at: list[int] | None = None) -> None:
+    """Reward per view over events, one line per arm (moving average over ``smooth`` windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
+    for arm in sorted(arms, key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99):
+        rows = arms[arm]
+        xs, ys = [], []
+        for n in range(len(rows)):
+            win = rows[max(0, n - smooth + 1):n + 1]
+            views = sum(r["views"] for r in win)
+            if views:
+                xs.append(rows[n]["events"])
+                ys.append(sum(r["reward"] for r in win) / views)
+        ax.plot(xs, ys, label=arm, linewidth=2.2 if arm == "learned" else 1.4)
+    for d in drift_at or []:
+        ax.axvline(d, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("events (per arm)")
+    ax.set_ylabel("reward per view")
+    ax.set_title("streamrl: learned policy vs baselines")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def render_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write ``report.md`` and ``reward.png`` for a run directory; return the summary."""
+    run_dir = Path(run_dir)
+    arms = load_curves(run_dir / "curves.jsonl")
+    summary = summarize(arms)
+    extra_path = run_dir / "figures.json"
+    extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}
+    summary.update({k: v for k, v in extra.items() if k not in summary})
+    plot(arms, run_dir / "reward.png", drift_at=extra.get("drift_at"))
+    (run_dir / "report.md").write_text("![reward over time](reward.png)\n\n" + markdown_table(summary) + "\n")
+    return summary
