@@ -2,7 +2,8 @@
 
 Index 0 is padding (no item). Items are appended as they appear in transitions or in the
 catalog, so the table grows while the learner runs; an item seen before its catalog entry gets
-its text vector when the entry arrives.
+its text vector when the entry arrives. Checkpoints keep the id order only; text vectors come
+back from the catalog after a restart.
 """
 
 from __future__ import annotations
@@ -90,14 +91,11 @@ class ItemVocab:
 
     # --- checkpoint ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        n = len(self.ids)
-        return {"ids": list(self.ids[1:]), "text": self.text[:n].clone(), "has_text": self.has_text[:n].clone()}
+        """The id list only: text vectors are rebuilt from the catalog (and its embedding cache)."""
+        return {"ids": list(self.ids[1:])}
 
     @classmethod
     def from_state_dict(cls, d: dict, text_dim: int) -> "ItemVocab":
         v = cls(text_dim=text_dim, capacity=len(d["ids"]) + 1)
-        v.add(d["ids"])
-        n = len(v)
-        v.text[:n] = d["text"]
-        v.has_text[:n] = d["has_text"]
+        v.add_list(d["ids"])
         return v

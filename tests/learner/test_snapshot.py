@@ -133,3 +133,38 @@ def test_200k_item_snapshot_roundtrips_through_broker_and_damage_is_rejected(set
     finally:
         reader.close()
     assert published_versions(settings) == [1, 2, 3]
+
+
+def test_policy_from_snapshot_scores_like_the_learner():
+    """Serving's path: learner tensors -> snapshot bytes -> verified snapshot -> Policy; same scores,
+    and an item unknown to the snapshot is scored through its text vector."""
+    import numpy as np
+
+    from streamrl.learner.config import LearnerConfig
+    from streamrl.learner.policy import load_policy
+    from streamrl.learner.worker import Learner
+
+    cfg = LearnerConfig(dim=8, hidden=8, history_len=4, batch_size=16, min_buffer=16, capacity=1000)
+    lr = Learner(None, cfg)
+    rng = np.random.default_rng(0)
+    ids = [f"i{k}" for k in range(30)]
+    text = rng.standard_normal((31, 384)).astype(np.float32)
+    lr.add_items(ids, text[:30])
+    lr.ingest([{"id": f"t{k}", "state": ids[k % 5:k % 5 + 3], "action": ids[k % 30], "reward": float(k % 3 == 0),
+                "next_state": ids[k % 5:k % 5 + 4], "propensity": 0.1} for k in range(200)], 0, 0)
+    lr.train(5)
+    tensors, item_ids = lr.snapshot_tensors()
+    meta = {"model_config": {**lr.online.cfg.to_dict(), "n_items": len(item_ids)}}
+    recs, man, _ = _records(4, tensors, item_ids, chunk_bytes=5000, meta=meta)
+    snap = _feed(SnapshotAssembler(), recs, man)
+    policy = load_policy(snap, {**{i: text[k] for k, i in enumerate(ids)}, "new": text[30]})
+    hist, cands = ["i1", "i2", "i3"], ["i4", "i9", "i20"]
+    with torch.no_grad():
+        state = torch.tensor([[0] + lr.vocab.lookup(hist).tolist()])
+        expected = lr.online.score(state, lr.vocab.lookup(cands))[0].numpy()
+    assert np.allclose(policy.score(hist, cands), expected, atol=1e-5)
+    with torch.no_grad():
+        z = lr.online.encode(state)
+        g = lr.online.text_proj(torch.from_numpy(text[30:31]))
+        want = float((lr.online.sup_head(z) * g).sum() + cfg.q_weight * (lr.online.q_head(z) * g).sum())
+    assert float(policy.score(hist, ["new"])[0]) == pytest.approx(want, abs=1e-5)
