@@ -5,6 +5,7 @@ turn the service's failures into status codes: 400 (unrankable request), 401 (mi
 bearer token), 413 (body over ``serve_max_body_bytes``), 422 (schema), 503 (no policy yet).
 """
 
+import asyncio
 import hmac
 import time
 from typing import Annotated, Any, Optional
@@ -13,7 +14,7 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 from streamrl import metrics as M
 from streamrl.config import Settings
@@ -48,6 +49,42 @@ def rank_request_model(settings: Settings) -> type[BaseModel]:
                                          json_schema_extra={"uniqueItems": True},
                                          description="Distinct item ids to rank (duplicates: 400).")),
         k=(int, Field(10, ge=1, le=settings.serve_max_k, description="Slate size (capped at the candidate count).")))
+
+
+class RankBatcher:
+    """Ranks the requests that are waiting together in one batched forward pass.
+
+    A request enqueues itself and schedules a flush for the end of the current event-loop
+    iteration, so requests that arrived together share one GRU pass; a lone request adds no delay.
+    """
+
+    def __init__(self, ranker: Ranker, max_batch: int = 32) -> None:
+        self.ranker = ranker
+        self.max_batch = max_batch
+        self.pending: list[tuple[tuple[str, list[str], int], asyncio.Future]] = []
+
+    async def rank(self, user_id: str, candidates: list[str], k: int) -> dict[str, Any]:
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append(((user_id, candidates, k), fut))
+        if len(self.pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
+        if self.pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        try:
+            results = self.ranker.rank_many([args for args, _ in batch])
+        except Exception as e:  # hand any failure to every waiting request (answered 500), never hang them
+            results = [e] * len(batch)
+        for (_, fut), res in zip(batch, results):
+            if fut.done():
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
 
 
 class LimitsAndMetrics:
@@ -122,7 +159,7 @@ def create_app(ranker: Ranker, settings: Settings) -> FastAPI:
     RankRequest = rank_request_model(settings)
     token = settings.serve_token.reveal().encode()
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: no thread-pool hop per request
         if not token:
             return
         given = request.headers.get("authorization", "")
@@ -172,11 +209,23 @@ def create_app(ranker: Ranker, settings: Settings) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/rank", summary="Rank candidates for a user.", response_model=RankResponse, dependencies=guarded,
+    batcher = RankBatcher(ranker)
+    rank_schema = RankRequest.model_json_schema()
+
+    @app.post("/rank", summary="Rank candidates for a user.", response_model=RankResponse,
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": rank_schema}}}},
               responses={400: {"description": "duplicate candidates"}, 401: {"description": "bearer token required"},
-                         413: {"description": "body too large"}, 503: {"description": "no policy yet"}})
-    async def rank(body: RankRequest) -> Response:  # type: ignore[valid-type]
-        out = ranker.rank(body.user_id, body.candidates, body.k)
+                         413: {"description": "body too large"}, 422: {"description": "request does not match the schema"},
+                         503: {"description": "no policy yet"}})
+    async def rank(request: Request) -> Response:
+        await authorize(request)
+        try:  # parsed and validated in one pass by pydantic-core (the hot path skips FastAPI's body machinery)
+            body = RankRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            detail = e.errors(include_url=False, include_input=False, include_context=False)  # JSON-safe, no echo
+            return JSONResponse({"detail": detail}, status_code=422)
+        out = await batcher.rank(body.user_id, body.candidates, body.k)
         return Response(orjson.dumps(out), media_type="application/json")
 
     app.add_middleware(LimitsAndMetrics, max_bytes=settings.serve_max_body_bytes)

@@ -40,22 +40,35 @@ class Policy:
     def rows(self, item_ids: list[str]) -> np.ndarray:
         """Model rows of ``item_ids``; -1 for items the policy cannot score (no id, no text)."""
         get = self.index.get
-        return np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        return np.array([get(i, -1) for i in item_ids], dtype=np.int64)
 
     def state(self, history: list[str]) -> torch.Tensor:
         """``(1, history_len)`` left-padded rows of the most recent items (unknown items: PAD)."""
         rows = [self.index.get(i, PAD) for i in history[-self.history_len:]]
         return torch.tensor([[PAD] * (self.history_len - len(rows)) + rows], dtype=torch.long)
 
-    @torch.inference_mode()
     def score(self, state: torch.Tensor, rows: np.ndarray) -> np.ndarray:
-        """:meth:`QNetwork.score` of candidate ``rows`` for one state, ``(len(rows),)``, from the
-        item vectors precomputed at load (the text projection is not redone per request)."""
+        """:meth:`QNetwork.score` of candidate ``rows`` for one state: ``(len(rows),)``."""
+        return self.score_many(state, [rows])[0]
+
+    @torch.inference_mode()
+    def score_many(self, states: torch.Tensor, rows: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`QNetwork.score` of ``rows[b]`` for state ``b`` of ``states`` ``(B, L)``, in one
+        batched forward, from the item vectors precomputed at load (no text projection per request).
+        When the candidates cover a good part of the item table, every item is scored in one matmul
+        and the candidates' scores are picked out (cheaper than gathering their vectors)."""
         m = self.model
-        h = m.encode(state)
+        h = m.encode(states)
         qw = m.cfg.q_weight
-        c = torch.from_numpy(rows)
-        return ((m.q_head(h) * qw + m.sup_head(h)) @ self.vectors[c].T + qw * self.bias[c])[0].numpy()
+        u = m.q_head(h) * qw + m.sup_head(h)                       # (B, dim)
+        if self.vectors.shape[0] <= 8 * sum(len(r) for r in rows):
+            full = (u @ self.vectors.T + qw * self.bias).numpy()   # (B, items)
+            return [full[b, r] for b, r in enumerate(rows)]
+        out = []
+        for b, r in enumerate(rows):
+            c = torch.from_numpy(r)
+            out.append((u[b] @ self.vectors[c].T + qw * self.bias[c]).numpy())
+        return out
 
     def describe(self) -> dict[str, Any]:
         meta = {k: v for k, v in self.metadata.items() if k not in ("tensors", "hyperparameters")}

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import orjson
+import torch
 
 from streamrl import metrics as M
 from streamrl.catalog import ItemEmbeddings
 from streamrl.config import Settings
 from streamrl.consumers.state import UserView
-from streamrl.errors import SnapshotRejected
+from streamrl.errors import SnapshotRejected, StreamrlError
 from streamrl.producers.snapshot import REJECT_REASONS, Snapshot
 from streamrl.serving.exceptions import BadRankRequest, NotReady
 from streamrl.serving.explore import sample_slate
@@ -96,21 +97,46 @@ class Ranker:
 
     def rank(self, user_id: str, candidates: list[str], k: int) -> dict[str, Any]:
         """Rank ``candidates`` for ``user_id`` and return the response document (see README)."""
+        out = self.rank_many([(user_id, candidates, k)])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def rank_many(self, requests: list[tuple[str, list[str], int]]) -> list[dict[str, Any] | StreamrlError]:
+        """Rank several requests with one batched forward pass; a request that cannot be ranked
+        gets its exception in its place (NotReady, BadRankRequest)."""
         policy = self.policy
         if policy is None:
-            raise NotReady("no verified policy loaded yet")
-        if len(set(candidates)) != len(candidates):
-            raise BadRankRequest("candidates contain duplicate item ids")
+            return [NotReady("no verified policy loaded yet") for _ in requests]
+        out: list[Any] = [None] * len(requests)
+        todo = []
+        for n, (user_id, candidates, k) in enumerate(requests):
+            if len(set(candidates)) != len(candidates):
+                out[n] = BadRankRequest("candidates contain duplicate item ids")
+                continue
+            history = self.history(user_id)
+            rows = policy.rows(candidates)
+            todo.append((n, history, rows, np.flatnonzero(rows >= 0)))
+        scored = [t for t in todo if len(t[3])]
+        scores = []
+        if scored:
+            states = torch.cat([policy.state(t[1] or []) for t in scored])
+            scores = policy.score_many(states, [t[2][t[3]] for t in scored])
+        by_request = {t[0]: sc for t, sc in zip(scored, scores)}
+        for n, history, rows, known in todo:
+            user_id, candidates, k = requests[n]
+            out[n] = self._slate(policy, user_id, candidates, k, history, rows, known, by_request.get(n))
+        return out
+
+    def _slate(self, policy: Policy, user_id: str, candidates: list[str], k: int, history: list[str] | None,
+               rows: np.ndarray, known: np.ndarray, scores: np.ndarray | None) -> dict[str, Any]:
+        """Explore over the scored candidates, append the unscored ones, log the decision."""
         s = self.settings
-        history = self.history(user_id)
         cold = not history
-        rows = policy.rows(candidates)
-        known = np.flatnonzero(rows >= 0)
         unknown = np.flatnonzero(rows < 0)
         k = min(k, len(candidates))
         items: list[dict[str, Any]] = []
-        if len(known):
-            scores = policy.score(policy.state(history or []), rows[known])
+        if scores is not None:
             picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
                                          temperature=s.serve_temperature, pool=s.serve_softmax_pool)
             for pos, (i, p) in enumerate(zip(picked.tolist(), props.tolist())):

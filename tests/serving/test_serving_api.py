@@ -130,7 +130,7 @@ def test_openapi_spec_documents_every_route(tmp_path):
     client, _ = _client(tmp_path)
     spec = client.get("/openapi.json").json()
     assert {"/rank", "/healthz", "/readyz", "/policy", "/metrics"} <= set(spec["paths"])
-    req = spec["components"]["schemas"]["RankRequest"]
+    req = spec["paths"]["/rank"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert req["properties"]["candidates"]["maxItems"] == 1000
 
 
@@ -158,3 +158,36 @@ def test_served_slates_are_logged_to_ranking_decisions(settings):
         assert key == out["user_id"] == d["user_id"] and d["policy_version"] == 3 and d["ts"] > 0
         assert d["items"] == [it["item_id"] for it in out["items"]]
         assert d["propensities"] == [it["propensity"] for it in out["items"]]
+
+
+def test_batched_ranking_equals_one_by_one_and_isolates_bad_requests(tmp_path):
+    _, ranker = _client(tmp_path, serve_exploration="greedy")
+    reqs = [("u1", ["i1", "i2", "c3", "zz"], 4), ("stranger", ["i5", "i5"], 2), ("u1", [f"i{k}" for k in range(40)], 10),
+            ("stranger", ["c1", "i9"], 1)]
+    batched = ranker.rank_many(reqs)
+    assert type(batched[1]).__name__ == "BadRankRequest"
+    for (user, cands, k), got in zip(reqs, batched):
+        if isinstance(got, Exception):
+            continue
+        one = ranker.rank(user, cands, k)
+        assert [it["item_id"] for it in got["items"]] == [it["item_id"] for it in one["items"]]
+        for a, b in zip(got["items"], one["items"]):
+            assert (a["score"] is None and b["score"] is None) or a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6)
+
+
+def test_concurrent_http_requests_share_batches_and_all_answer(tmp_path):
+    import asyncio
+
+    import httpx
+
+    client, ranker = _client(tmp_path)
+    app = client.app
+
+    async def burst():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await asyncio.gather(*(c.post("/rank", json={"user_id": f"u{n % 3}", "candidates": ["i1", "i2", "i3"]})
+                                          for n in range(40)))
+
+    answers = asyncio.run(burst())
+    assert [r.status_code for r in answers] == [200] * 40
+    assert len({r.json()["request_id"] for r in answers}) == 40
