@@ -176,6 +176,9 @@ class Load:
 
 
 def run_load(port: int, bodies: list[bytes], seconds: float, warmup_s: float = 2.0) -> Load:
+    import uvloop
+
+    uvloop.install()   # the client shares the 2 cores with the server: keep it light
     asyncio.run(Load(port, bodies).run(warmup_s))
     load = Load(port, bodies)
     t0 = time.monotonic()
