@@ -63,9 +63,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--transitions", type=int, default=100_000)
-    ap.add_argument("--updates", type=int, default=60, help="updates per timed block")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--updates", type=int, default=10, help="updates per timed block")
+    ap.add_argument("--rounds", type=int, default=15, help="alternating learner/bare block pairs")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0: torch default; on a shared 2-core machine more than 1 thread "
+                         "makes every op wait for a preempted worker)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -114,8 +116,10 @@ def main() -> None:
     for r in range(args.rounds):
         lrn.append(run_learner())
         br.append(run_bare())
-        print(f"round {r}: learner {lrn[-1]:.1f}/s bare {br[-1]:.1f}/s")
+        if r < 3 or r == args.rounds - 1:
+            print(f"round {r}: learner {lrn[-1]:.1f}/s bare {br[-1]:.1f}/s")
     x, y = statistics.median(lrn), statistics.median(br)
+    print(f"means: learner {statistics.mean(lrn):.1f}/s bare {statistics.mean(br):.1f}/s")
     print(f"learner updates_per_s={x:.1f} bare_updates_per_s={y:.1f} ratio={x / y:.3f} batch={cfg.batch_size}")
 
 

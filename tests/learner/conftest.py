@@ -8,7 +8,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # 2 threads on a busy 2-core machine: every op waits for a preempted worker
 
 
 @pytest.fixture(scope="session")
