@@ -149,12 +149,18 @@ class Learner:
     def ingest(self, transitions: Iterable[dict[str, Any]], partition: int = -1, offset: int = -1,
                refill: bool = False) -> int:
         """Put one message's transitions into the buffer; returns how many were new training rows."""
-        rej_before, dup_before = sum(self.buffer.rejected.values()), self.buffer.duplicates
+        rej_before, dup_before = dict(self.buffer.rejected), self.buffer.duplicates
         rewards = self.buffer.add(transitions, partition, offset)
         if self.vocab.text_version != self._text_version:
             self._attach_text()
         n_train, n_hold = len(rewards["train"]), len(rewards["holdout"])
-        rejected = sum(self.buffer.rejected.values()) - rej_before
+        rejected = 0
+        for reason, n in self.buffer.rejected.items():
+            new = n - rej_before.get(reason, 0)
+            if new:
+                rejected += new
+                M.LEARNER_REJECTED.labels(reason).inc(new)
+                log.warning("rejected %d transitions (%s) at partition %d offset %d", new, reason, partition, offset)
         dups = self.buffer.duplicates - dup_before
         M.LEARNER_TRANSITIONS.labels("added").inc(n_train + n_hold)
         M.LEARNER_TRANSITIONS.labels("duplicate").inc(dups)
@@ -427,13 +433,7 @@ class Learner:
             self.buffer.rejected["malformed"] += 1
             log.warning("undecodable transitions message at partition %d offset %d: %s", partition, rec.offset, e)
             transitions = []
-        before = dict(self.buffer.rejected)
         self.ingest(transitions, partition, rec.offset, refill=refill)
-        for reason, n in self.buffer.rejected.items():
-            if n > before.get(reason, 0):
-                M.LEARNER_REJECTED.labels(reason).inc(n - before.get(reason, 0))
-                log.warning("rejected %d transitions (%s) at partition %d offset %d", n - before.get(reason, 0),
-                            reason, partition, rec.offset)
         self.consumed[partition] = max(self.consumed.get(partition, 0), rec.offset + 1)
 
     def _set_buffer_gauges(self) -> None:

@@ -132,11 +132,16 @@ def test_nan_rewards_never_reach_a_published_snapshot(settings, tmp_path):
     produce(settings, data)
     cfg = LearnerConfig(dim=16, hidden=16, history_len=10, batch_size=64, min_buffer=200, capacity=20_000,
                         holdout_capacity=5000, min_transitions_to_publish=500, publish_interval_s=0.5,
-                        gate_tolerance=1.0, snips_tolerance=1.0, updates_per_transition=0.5,
+                        gate_tolerance=1.0, snips_tolerance=1.0, updates_per_transition=0.2,
                         max_updates_per_poll=8, eval_negatives=50, next_candidates=32, sup_negatives=32)
     learner = Learner(settings, cfg, checkpoint_dir=str(tmp_path))
+    from prometheus_client import REGISTRY
+
+    metric = {"reason": "non_finite_reward"}
+    counted = REGISTRY.get_sample_value("streamrl_learner_rejected_transitions_total", metric) or 0.0
     summary = learner.run(until_idle=True, max_seconds=120)
     assert summary.rejected.get("non_finite_reward") == poisoned
+    assert REGISTRY.get_sample_value("streamrl_learner_rejected_transitions_total", metric) - counted == poisoned
     assert summary.published
     reader = SnapshotReader(settings)
     try:
