@@ -81,7 +81,7 @@ def policy_parts(version: int, seed: int = 0):
     return tensors, {"parent_version": version - 1 or None, "train_step": version, "model_config": cfg.to_dict()}, ids
 
 
-def bench_settings(bootstrap: str, workdir: Path, port: int, exploration: str):
+def bench_settings(bootstrap: str, workdir: Path, port: int, exploration: str, workers: int = 1):
     import uuid
 
     from streamrl.config import Settings
@@ -89,7 +89,7 @@ def bench_settings(bootstrap: str, workdir: Path, port: int, exploration: str):
     return Settings.from_env(bootstrap_servers=bootstrap, topic_prefix=f"b{uuid.uuid4().hex[:6]}.",
                              state_store=f"sqlite:///{workdir}/state.db", catalog_path=str(workdir / "catalog.jsonl"),
                              cache_dir=str(ROOT / ".streamrl/cache"), serve_port=port, serve_exploration=exploration,
-                             history_len=HISTORY, log_level="WARNING", partitions=2)
+                             history_len=HISTORY, log_level="WARNING", partitions=2, serve_workers=workers)
 
 
 def start_server(settings, timeout_s: float = 180.0) -> subprocess.Popen:
@@ -217,6 +217,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="measured load per candidate count")
     ap.add_argument("--exploration", default="epsilon", choices=("greedy", "epsilon", "softmax"))
+    ap.add_argument("--workers", type=int, default=1, help="server processes (--serve-workers)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from streamrl.kafka import EmbeddedBroker, ensure_topics, free_port
@@ -224,7 +225,7 @@ def main() -> None:
 
     broker = EmbeddedBroker().start()
     workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    settings = bench_settings(broker.bootstrap_servers, workdir, free_port(), args.exploration)
+    settings = bench_settings(broker.bootstrap_servers, workdir, free_port(), args.exploration, args.workers)
     ensure_topics(settings)
     ids, histories = write_world(settings, workdir)
     pub = SnapshotPublisher(settings)
@@ -252,7 +253,8 @@ def main() -> None:
         print(f"forward candidates={n}: p50_ms={pct(fwd[n], 50):.3f} p99_ms={pct(fwd[n], 99):.3f}")
     broker.stop()
     load = results[1000][0]
-    print(f"load average (1 min) at end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"load average (1 min) at end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
+          f"server workers={args.workers}, exploration={args.exploration}, k={K}")
     print(f"serving p50_ms={pct(load.latencies, 50):.2f} p99_ms={pct(load.latencies, 99):.2f} "
           f"rps={len(load.latencies) / load.elapsed:.0f} forward_p99_ms={pct(fwd[1000], 99):.2f} candidates=1000")
 

@@ -88,7 +88,8 @@ class Settings:
 
     # --- Ranking service (serving/) ----------------------------------------------------------
     serve_host: str = _opt("127.0.0.1", "Address the ranking service listens on.")
-    serve_port: int = _opt(8000, "HTTP port of the ranking service (0: a free port, logged).")
+    serve_port: int = _opt(8000, "HTTP port of the ranking service.")
+    serve_workers: int = _opt(1, "Ranking-service processes sharing the port (each loads the policy and follows the snapshot topic; each serves its own /metrics).")
     serve_token: Secret = _opt(Secret(""), "Bearer token required by /rank, /policy and /metrics of the ranking service; empty: no auth (never printed).")
     serve_exploration: str = _opt("epsilon", "Slate exploration: greedy, epsilon (per-slot epsilon-greedy) or softmax (Plackett-Luce over the top serve_softmax_pool).")
     serve_epsilon: float = _opt(0.1, "Per-position probability of a uniformly random remaining candidate (epsilon exploration).")
@@ -140,6 +141,8 @@ class Settings:
             raise ValueError("serve_temperature must be > 0")
         if not 1 <= self.serve_softmax_pool <= 12:
             raise ValueError("serve_softmax_pool must be in 1..12")
+        if self.serve_workers < 1:
+            raise ValueError("serve_workers must be >= 1")
         if self.serve_max_candidates < 1 or self.serve_max_k < 1 or self.serve_max_body_bytes < 1024:
             raise ValueError("serve_max_candidates, serve_max_k must be >= 1 and serve_max_body_bytes >= 1024")
 

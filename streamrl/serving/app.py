@@ -6,9 +6,10 @@ bearer token), 413 (body over ``serve_max_body_bytes``), 422 (schema), 503 (no p
 """
 
 import asyncio
+import contextlib
 import hmac
 import time
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import orjson
 from fastapi import Depends, FastAPI, Request
@@ -154,8 +155,8 @@ async def _too_large(send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(ranker: Ranker, settings: Settings) -> FastAPI:
-    """The FastAPI application serving ``ranker``."""
+def create_app(ranker: Ranker, settings: Settings, on_close: Optional[Callable[[], None]] = None) -> FastAPI:
+    """The FastAPI application serving ``ranker``; ``on_close`` runs at shutdown."""
     RankRequest = rank_request_model(settings)
     token = settings.serve_token.reveal().encode()
 
@@ -167,7 +168,13 @@ def create_app(ranker: Ranker, settings: Settings) -> FastAPI:
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
             raise _Unauthorized()
 
-    app = FastAPI(title="streamrl ranking service", version="1",
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if on_close is not None:
+            on_close()
+
+    app = FastAPI(title="streamrl ranking service", version="1", lifespan=lifespan,
                   description="Ranks feed candidates with the newest verified policy snapshot; "
                               "explores with exact per-position propensities.")
     guarded = [Depends(authorize)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from streamrl.catalog import ItemEmbeddings, TextEmbedder, load_catalog
 from streamrl.config import Settings
@@ -38,21 +39,40 @@ def build_service(settings: Settings, seed: int | None = None, load_timeout_s: f
     return ranker, watcher.start()
 
 
-def run_server(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn handles the signals and drains requests)."""
+def app_from_settings(settings: Settings):
+    """The service's ASGI app; its lifespan stops the watcher and flushes decisions at shutdown."""
     import torch
-    import uvicorn
 
     from streamrl.serving.app import create_app
 
-    torch.set_num_threads(1)   # one request at a time per process: intra-op threads only add contention
+    torch.set_num_threads(1)   # one batch at a time per process: intra-op threads only add contention
     ranker, watcher = build_service(settings)
-    app = create_app(ranker, settings)
-    log.info("ranking service on http://%s:%d (policy v%d, exploration %s)", settings.serve_host,
-             settings.serve_port, ranker.version, settings.serve_exploration)
-    try:
-        uvicorn.run(app, host=settings.serve_host, port=settings.serve_port, log_level="warning",
-                    access_log=False)
-    finally:
+
+    def close() -> None:
         watcher.stop()
         ranker.close()
+
+    log.info("ranking service on http://%s:%d (pid %d, policy v%d, exploration %s)", settings.serve_host,
+             settings.serve_port, os.getpid(), ranker.version, settings.serve_exploration)
+    return create_app(ranker, settings, on_close=close)
+
+
+def app_from_env():
+    """Factory of each uvicorn worker process (``serve_workers`` > 1): settings from STREAMRL_*."""
+    return app_from_settings(Settings.from_env())
+
+
+def run_server(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn handles the signals and drains requests).
+
+    With ``serve_workers`` > 1, uvicorn forks that many processes sharing the port; each loads
+    the policy and follows the snapshot topic itself (and serves its own /metrics).
+    """
+    import uvicorn
+
+    common = dict(host=settings.serve_host, port=settings.serve_port, log_level="warning", access_log=False)
+    if settings.serve_workers > 1:
+        os.environ.update(settings.to_env())
+        uvicorn.run("streamrl.serving.server:app_from_env", factory=True, workers=settings.serve_workers, **common)
+    else:
+        uvicorn.run(app_from_settings(settings), **common)
