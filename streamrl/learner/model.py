@@ -68,7 +68,9 @@ class QNetwork(nn.Module):
         """g(a) for item indices ``items`` (any shape), or for every item when None."""
         if items is None:
             return self.item_id.weight + self.text_proj(self.text[:self.n_items])
-        return self.item_id(items) + self.text_proj(self.text[items])
+        uniq, inv = torch.unique(items.reshape(-1), return_inverse=True)  # project each item once
+        g = self.item_id(uniq) + self.text_proj(self.text[uniq])
+        return g[inv].view(*items.shape, -1)
 
     def item_bias_of(self, items: torch.Tensor | None = None) -> torch.Tensor:
         return self.item_bias.weight.squeeze(-1) if items is None else self.item_bias(items).squeeze(-1)
