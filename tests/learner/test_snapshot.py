@@ -106,8 +106,12 @@ def test_200k_item_snapshot_roundtrips_through_broker_and_damage_is_rejected(set
     n = 200_001
     ids = [f"item-{k}" for k in range(n)]
     tensors = _tensors(n, dim=64)
+    import time
+
     pub = SnapshotPublisher(settings)
+    t0 = time.monotonic()
     manifest = pub.publish(1, tensors, {"model_config": {"n_items": n}, "train_step": 7}, ids)
+    t_pub = time.monotonic() - t0
     assert manifest["total_bytes"] >= 50 * 1024 * 1024 and manifest["n_chunks"] > 50
     # v2: truncated (last chunk never sent); v3: one chunk corrupted in flight
     for version, damage in ((2, "truncate"), (3, "corrupt")):
@@ -124,7 +128,11 @@ def test_200k_item_snapshot_roundtrips_through_broker_and_damage_is_rejected(set
 
     reader = SnapshotReader(settings)
     try:
+        t0 = time.monotonic()
         snap = reader.latest(timeout_s=60)
+        print(f"\nsnapshot: {manifest['total_bytes'] / 2**20:.1f} MiB in {manifest['n_chunks']} chunks, "
+              f"published in {t_pub:.2f}s, read+verified in {time.monotonic() - t0:.2f}s; "
+              f"rejected {[e.reason for e in reader.rejected]}")
         assert snap is not None and snap.version == 1
         assert snap.item_ids == ids and snap.metadata["train_step"] == 7
         assert len(snap.weights) == manifest["total_bytes"]
