@@ -413,7 +413,7 @@ class Learner:
                     last_ckpt = time.monotonic()
                 if max_seconds is not None and now - t_start >= max_seconds:
                     break
-                if until_idle and not batches and now - last_data >= idle_s and self.owed < 1:
+                if until_idle and not batches and now - last_data >= idle_s and not busy:
                     self.maybe_publish(publisher)
                     break
             self.checkpoint()

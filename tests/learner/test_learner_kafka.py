@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from learner_synth import make_world, transitions, warm_histories
 
@@ -151,3 +152,31 @@ def test_nan_rewards_never_reach_a_published_snapshot(settings, tmp_path):
         reader.close()
     json.dumps(snap.metadata)  # metadata is plain JSON (hyperparameters, eval figures)
     assert snap.metadata["hyperparameters"]["gamma"] == cfg.gamma
+
+
+def test_simulator_processor_learner_pipeline_publishes_a_usable_policy(settings, tmp_path):
+    """The contract end to end: simulated events -> processor -> transitions -> learner ->
+    snapshot -> Policy that scores catalog items (text vectors from the catalog)."""
+    from streamrl.catalog import ItemEmbeddings, TextEmbedder, load_catalog
+    from streamrl.consumers.processor import EventProcessor
+    from streamrl.learner.policy import load_policy
+    from streamrl.producers.simulator import SimConfig, run_simulate
+
+    s = settings.replace(catalog_path=str(tmp_path / "catalog.jsonl"), learner_dir=str(tmp_path / "learner"))
+    run_simulate(s, SimConfig(n_users=100, n_items=200, seed=2), 15_000, progress=False)
+    EventProcessor(s).run(until_idle=True, max_seconds=120)
+    cfg = LearnerConfig(dim=16, hidden=16, history_len=10, batch_size=64, min_buffer=500, capacity=50_000,
+                        min_transitions_to_publish=1000, publish_interval_s=60, updates_per_transition=0.02,
+                        eval_negatives=50, next_candidates=32, sup_negatives=32, gate_tolerance=1.0, snips_tolerance=1.0)
+    summary = Learner(s, cfg).run(until_idle=True, max_seconds=120)
+    assert summary.published and summary.ingested > 10_000 and not summary.rejected
+    reader = SnapshotReader(s)
+    try:
+        snap = reader.latest(timeout_s=30)
+    finally:
+        reader.close()
+    assert snap.version == summary.published[-1]
+    catalog = load_catalog(s.catalog_path)
+    policy = load_policy(snap, ItemEmbeddings.from_catalog(catalog, TextEmbedder(s.cache_dir)))
+    scores = policy.score(["i1", "i2"], list(catalog)[:50])
+    assert scores.shape == (50,) and np.isfinite(scores).all() and scores.std() > 0
