@@ -180,3 +180,25 @@ def test_simulator_processor_learner_pipeline_publishes_a_usable_policy(settings
     policy = load_policy(snap, ItemEmbeddings.from_catalog(catalog, TextEmbedder(s.cache_dir)))
     scores = policy.score(["i1", "i2"], list(catalog)[:50])
     assert scores.shape == (50,) and np.isfinite(scores).all() and scores.std() > 0
+
+
+def test_version_published_before_a_crash_is_never_reused(settings, tmp_path):
+    """Crash between publishing v5 and checkpointing it: the checkpoint says v0, the topic says v5
+    (plus orphan chunks of an unfinished v6); the restarted learner publishes v7."""
+    import torch
+
+    from streamrl.producers.snapshot import SnapshotPublisher, chunk_headers
+
+    pub = SnapshotPublisher(settings)
+    pub.publish(5, {"w": torch.ones(2)}, {}, ["a"])
+    pub.producer.send(pub.topic, value=b"x", partition=0, headers=chunk_headers(6, 0, 2, b"x")).get(timeout=10)
+    pub.close()
+    world = make_world(100, 50, seed=6)
+    warm_histories(world, seed=6)
+    produce(settings, transitions(world, 1200, seed=6))
+    cfg = LearnerConfig(dim=8, hidden=8, history_len=5, batch_size=32, min_buffer=200, capacity=5000,
+                        holdout_capacity=1000, min_transitions_to_publish=500, publish_interval_s=60,
+                        updates_per_transition=0.02, eval_negatives=20, next_candidates=16, sup_negatives=16)
+    summary = Learner(settings, cfg, checkpoint_dir=str(tmp_path)).run(until_idle=True, max_seconds=60)
+    assert summary.published == [7]
+    assert load_checkpoint(tmp_path)["last_version"] == 7
