@@ -320,8 +320,10 @@ def _invalid_reason(t: Any) -> str | None:
         return "malformed"
     if not all(isinstance(i, str) for i in t["state"]) or not all(isinstance(i, str) for i in t["next_state"]):
         return "malformed"
+    if reward is None:  # JSON has no NaN: strict encoders write a NaN reward as null
+        return "non_finite_reward"
     if isinstance(reward, bool) or not isinstance(reward, (int, float)):
-        return "malformed" if reward is not None else "non_finite_reward"
+        return "malformed"
     if not math.isfinite(reward):
         return "non_finite_reward"
     p = t.get("propensity")

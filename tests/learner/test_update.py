@@ -12,7 +12,6 @@ from streamrl.learner.checkpoint import FILENAME, load_checkpoint, save_checkpoi
 from streamrl.learner.config import LearnerConfig
 from streamrl.learner.dqn import dqn_update, sync_target
 from streamrl.learner.model import build_model, grow_optimizer
-from streamrl.learner.replay import Batch
 from streamrl.learner.worker import Learner
 
 CFG = dict(dim=8, hidden=8, history_len=4, batch_size=32, min_buffer=32, capacity=5000, holdout_fraction=0.2,
