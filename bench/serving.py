@@ -242,6 +242,12 @@ def main() -> None:
             print(f"candidates={n}: requests={len(load.latencies)} failed={load.failed} statuses={load.statuses} "
                   f"p50_ms={pct(load.latencies, 50):.2f} p99_ms={pct(load.latencies, 99):.2f} "
                   f"rps={len(load.latencies) / load.elapsed:.0f} load={os.getloadavg()[0]:.2f}", flush=True)
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.serve_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        batch = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
+                 if ln.startswith("streamrl_serving_batch_requests_")}
+        if batch.get("streamrl_serving_batch_requests_count"):
+            print(f"server: mean batch {batch['streamrl_serving_batch_requests_sum'] / batch['streamrl_serving_batch_requests_count']:.2f} requests")
     finally:
         server.terminate()
         server.wait(timeout=30)

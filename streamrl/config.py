@@ -95,6 +95,7 @@ class Settings:
     serve_epsilon: float = _opt(0.1, "Per-position probability of a uniformly random remaining candidate (epsilon exploration).")
     serve_temperature: float = _opt(1.0, "Softmax temperature of Plackett-Luce slate sampling (softmax exploration).")
     serve_softmax_pool: int = _opt(8, "Top-scored candidates that softmax exploration samples among (exact propensities by subset DP; 1..12).")
+    serve_batch_wait_ms: float = _opt(1.0, "Longest wait for more /rank requests to join one batched forward pass (0: only those already waiting).")
     serve_max_candidates: int = _opt(1000, "Most candidates accepted in one /rank request.")
     serve_max_k: int = _opt(100, "Largest slate (k) accepted in one /rank request.")
     serve_max_body_bytes: int = _opt(512 * 1024, "Largest accepted HTTP request body of the ranking service.")
@@ -141,6 +142,8 @@ class Settings:
             raise ValueError("serve_temperature must be > 0")
         if not 1 <= self.serve_softmax_pool <= 12:
             raise ValueError("serve_softmax_pool must be in 1..12")
+        if not 0 <= self.serve_batch_wait_ms <= 100:
+            raise ValueError("serve_batch_wait_ms must be in [0, 100]")
         if self.serve_workers < 1:
             raise ValueError("serve_workers must be >= 1")
         if self.serve_max_candidates < 1 or self.serve_max_k < 1 or self.serve_max_body_bytes < 1024:

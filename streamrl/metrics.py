@@ -102,6 +102,8 @@ SERVING_REQUESTS = Counter("streamrl_serving_requests_total", "HTTP requests ans
                            ["route", "status"])
 SERVING_CANDIDATES = Histogram("streamrl_serving_candidates_per_request", "Candidates in one /rank request.",
                                buckets=(1, 10, 50, 100, 250, 500, 1000, 2500))
+SERVING_BATCH = Histogram("streamrl_serving_batch_requests", "Requests ranked together in one batched forward pass.",
+                          buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32))
 SERVING_COLD_STARTS = Counter("streamrl_serving_cold_starts_total",
                               "Ranked requests of users with no stored state (share: divide by /rank 200s).")
 SERVING_UNSCORED = Counter("streamrl_serving_unscored_candidates_total",

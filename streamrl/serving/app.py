@@ -55,26 +55,32 @@ def rank_request_model(settings: Settings) -> type[BaseModel]:
 class RankBatcher:
     """Ranks the requests that are waiting together in one batched forward pass.
 
-    A request enqueues itself and schedules a flush for the end of the current event-loop
-    iteration, so requests that arrived together share one GRU pass; a lone request adds no delay.
+    The first waiting request schedules a flush ``linger_s`` later (0: at the end of the current
+    event-loop iteration); every request that arrives meanwhile shares that forward pass. Under
+    load, a short linger trades a little latency for larger batches and less CPU per request.
     """
 
-    def __init__(self, ranker: Ranker, max_batch: int = 32) -> None:
+    def __init__(self, ranker: Ranker, max_batch: int = 32, linger_s: float = 0.0) -> None:
         self.ranker = ranker
         self.max_batch = max_batch
+        self.linger_s = linger_s
         self.pending: list[tuple[tuple[str, list[str], int], asyncio.Future]] = []
 
     async def rank(self, user_id: str, candidates: list[str], k: int) -> dict[str, Any]:
         fut = asyncio.get_running_loop().create_future()
         self.pending.append(((user_id, candidates, k), fut))
         if len(self.pending) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            if self.linger_s:
+                asyncio.get_running_loop().call_later(self.linger_s, self._flush)
+            else:
+                asyncio.get_running_loop().call_soon(self._flush)
         return await fut
 
     def _flush(self) -> None:
         batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
         if self.pending:
             asyncio.get_running_loop().call_soon(self._flush)
+        M.SERVING_BATCH.observe(len(batch))
         try:
             results = self.ranker.rank_many([args for args, _ in batch])
         except Exception as e:  # hand any failure to every waiting request (answered 500), never hang them
@@ -216,7 +222,7 @@ def create_app(ranker: Ranker, settings: Settings, on_close: Optional[Callable[[
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    batcher = RankBatcher(ranker)
+    batcher = RankBatcher(ranker, linger_s=settings.serve_batch_wait_ms / 1000)
     rank_schema = RankRequest.model_json_schema()
 
     @app.post("/rank", summary="Rank candidates for a user.", response_model=RankResponse,

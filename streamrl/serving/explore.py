@@ -87,7 +87,7 @@ def plackett_luce_marginals(weights: np.ndarray, k: int) -> np.ndarray:
         raise ValueError("subset DP limited to 16 items")
     w = np.asarray(weights, dtype=np.float64)
     bits, layers = _subsets(m)
-    free = w.sum() - bits @ w                                     # weight not yet drawn, per subset
+    free = (1 - bits) @ w               # weight not yet drawn, per subset (a sum: no cancellation)
     prob = np.zeros(1 << m)                                       # P(the first |S| slots hold S)
     prob[0] = 1.0
     out = np.zeros((m, k))
@@ -127,15 +127,20 @@ def softmax_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
     [0.5, 1.0]
     """
     z = (scores - scores.max()) / temperature
-    return np.exp(z)
+    return np.exp(np.maximum(z, -700.0))   # never exactly 0: every pool item keeps a positive propensity
 
 
 def sample_slate(scores: np.ndarray, k: int, mode: str, rng: np.random.Generator, *, epsilon: float = 0.1,
                  temperature: float = 1.0, pool: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Draw a slate: candidate indices for slots ``0..k'-1`` (``k' = min(k, n)``) and each slot's
     exact propensity (probability that this candidate is served in this slot)."""
+    picked, props = _sample_slate(scores, min(k, len(scores)), mode, rng, epsilon, temperature, pool)
+    return picked, np.clip(props, np.finfo(np.float64).tiny, 1.0)   # rounding never leaves (0, 1]
+
+
+def _sample_slate(scores: np.ndarray, k: int, mode: str, rng: np.random.Generator, epsilon: float,
+                  temperature: float, pool: int) -> tuple[np.ndarray, np.ndarray]:
     n = len(scores)
-    k = min(k, n)
     order = greedy_order(scores)
     if mode == "greedy" or n == 1 or (mode == "epsilon" and epsilon == 0.0):
         return order[:k], np.ones(k)

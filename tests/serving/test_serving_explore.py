@@ -119,3 +119,16 @@ def test_observed_slot_frequencies_match_returned_propensities(tmp_path, mode):
         assert chi2 <= crit, (mode, j, chi2, crit)
     # items never drawn into a slot must have propensity ~0 there: every drawn pair was returned
     assert set(counts) == set(returned)
+
+
+@pytest.mark.parametrize("mode", ["epsilon", "softmax"])
+def test_propensities_stay_in_unit_interval_for_extreme_scores(mode):
+    """Huge score gaps and a tiny temperature neither underflow to 0 nor round above 1."""
+    rng = np.random.default_rng(3)
+    for scores in (np.array([1e4, 0.0, -1e4, 5.0]), np.array([0.0, 0.0]), rng.normal(0, 50, 12)):
+        for k in (1, 2, len(scores)):
+            picked, props = sample_slate(scores, k, mode, rng, epsilon=0.999, temperature=1e-3, pool=8)
+            assert len(set(picked.tolist())) == len(picked) == min(k, len(scores))
+            assert np.isfinite(props).all() and (props > 0).all() and (props <= 1.0).all()
+    w = np.exp(np.maximum(np.array([0.0, -1000.0, -1000.0]), -700))
+    np.testing.assert_allclose(plackett_luce_marginals(w, 3).sum(0), 1.0)
