@@ -1,9 +1,8 @@
 """The continual-learning worker: transitions in, guarded updates, gated snapshots out.
 
-Loop (:meth:`Learner.run`): poll ``transitions`` → ingest into the replay buffer (refill first
-after a restart) → owe ``updates_per_transition`` steps per new training transition and pay up to
-``max_updates_per_poll`` of them → every ``checkpoint_interval_s`` a checkpoint → every
-``publish_interval_s`` the evaluation gate and, when it passes, a snapshot.
+:class:`Learner` owns networks, buffer and schedule; each new training transition owes
+``updates_per_transition`` steps, paid ``max_updates_per_poll`` at a time between polls. The
+Kafka side (refill, polling, intervals) is :mod:`streamrl.learner.loop`.
 
 Checkpoint order: check weights finite (else roll back) → collect model, target, optimizer,
 published policy, item table, consumed offsets and refill offsets, last published version →
@@ -360,81 +359,9 @@ class Learner:
 
     def run(self, max_seconds: float | None = None, until_idle: bool = False, idle_s: float = 2.0) -> LearnSummary:
         """Consume, train, checkpoint and publish until stopped (or idle / out of time)."""
-        from kafka import TopicPartition
+        from streamrl.learner.loop import run_learner
 
-        from streamrl.kafka import make_consumer
-        from streamrl.producers.snapshot import SnapshotPublisher, published_versions
-
-        settings = self.settings
-        topic = settings.topic("transitions")
-        floor = max(published_versions(settings) or [0])
-        if floor > self.last_version:
-            log.warning("snapshot topic holds v%d above the checkpoint's v%d: continuing above it", floor, self.last_version)
-            self.last_version = floor
-        consumer = make_consumer(settings, group_id=None)
-        parts = sorted(consumer.partitions_for_topic(topic) or range(settings.partitions))
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        start = getattr(self, "_refill_from", {})
-        for tp in tps:
-            off = start.get(tp.partition, self.consumed.get(tp.partition))
-            if off is None:
-                consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, off)
-        publisher = SnapshotPublisher(settings)
-        self.refresh_catalog()
-        t_start = now = time.monotonic()
-        last_ckpt = last_pub = last_cat = last_rate = now
-        last_data, rate_updates = now, 0
-        try:
-            while not self._stopping:
-                busy = self.owed >= 1 and len(self.buffer) >= self.cfg.min_buffer
-                batches = consumer.poll(timeout_ms=0 if busy else 100, max_records=settings.poll_max_records)
-                for tp, records in batches.items():
-                    for rec in records:
-                        self._ingest_record(tp.partition, rec)
-                if batches:
-                    last_data = time.monotonic()
-                rate_updates += self.pay_owed()
-                now = time.monotonic()
-                if now - last_rate >= 5.0:
-                    M.LEARNER_UPDATES_RATE.set(rate_updates / (now - last_rate))
-                    last_rate, rate_updates = now, 0
-                self._set_buffer_gauges()
-                if now - last_cat >= 30.0:
-                    self.refresh_catalog()
-                    last_cat = now
-                if now - last_pub >= self.cfg.publish_interval_s:
-                    self.maybe_publish(publisher)
-                    last_pub = time.monotonic()
-                if now - last_ckpt >= self.cfg.checkpoint_interval_s:
-                    self.checkpoint()
-                    last_ckpt = time.monotonic()
-                if max_seconds is not None and now - t_start >= max_seconds:
-                    break
-                if until_idle and not batches and now - last_data >= idle_s and not busy:
-                    self.maybe_publish(publisher)
-                    break
-            self.checkpoint()
-        finally:
-            consumer.close()
-            publisher.close()
-        return self.finish_summary()
-
-    def _ingest_record(self, partition: int, rec) -> None:
-        from streamrl.schema import decode_transitions
-
-        refill = rec.offset < self.refill_until.get(partition, -1)
-        try:
-            transitions = decode_transitions(rec.value)
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            M.LEARNER_REJECTED.labels("malformed").inc()
-            self.buffer.rejected["malformed"] += 1
-            log.warning("undecodable transitions message at partition %d offset %d: %s", partition, rec.offset, e)
-            transitions = []
-        self.ingest(transitions, partition, rec.offset, refill=refill)
-        self.consumed[partition] = max(self.consumed.get(partition, 0), rec.offset + 1)
+        return run_learner(self, max_seconds=max_seconds, until_idle=until_idle, idle_s=idle_s)
 
     def _set_buffer_gauges(self) -> None:
         M.LEARNER_BUFFER.labels("train").set(self.buffer.train.size)
