@@ -202,3 +202,28 @@ def test_version_published_before_a_crash_is_never_reused(settings, tmp_path):
     summary = Learner(settings, cfg, checkpoint_dir=str(tmp_path)).run(until_idle=True, max_seconds=60)
     assert summary.published == [7]
     assert load_checkpoint(tmp_path)["last_version"] == 7
+
+
+def test_sigterm_stops_after_the_current_turn_with_a_checkpoint(settings, tmp_path):
+    """SIGTERM only asks the loop to stop: the learner writes a last checkpoint and exits 0."""
+    world = make_world(100, 50, seed=7)
+    warm_histories(world, seed=7)
+    produce(settings, transitions(world, 1500, seed=7))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(learn_cmd(settings, tmp_path, "--checkpoint-interval-s", "600"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / FILENAME).exists():  # first publish writes the first checkpoint
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert out.decode().strip().splitlines()[-1].startswith("learn updates=")
+    state = load_checkpoint(tmp_path)
+    assert sum(state["consumed"].values()) == 15  # every message read is in the last checkpoint
