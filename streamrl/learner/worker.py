@@ -25,6 +25,7 @@ from kafka.errors import KafkaError
 
 from streamrl import metrics as M
 from streamrl.config import Settings
+from streamrl.errors import CheckpointError
 from streamrl.learner.checkpoint import load_checkpoint, save_checkpoint
 from streamrl.learner.config import LearnerConfig
 from streamrl.learner.dqn import dqn_update
@@ -96,6 +97,11 @@ class Learner:
     def _build(self, state: dict[str, Any] | None) -> None:
         cfg = self.cfg
         if state is not None:
+            shape = ("dim", "hidden", "text_dim", "history_len")
+            saved = {k: state["config"].get(k) for k in shape}
+            if saved != {k: getattr(cfg, k) for k in shape}:
+                raise CheckpointError(f"checkpoint in {self.checkpoint_dir} has network shape {saved}; "
+                                      "start with the same --dim/--hidden/--history-len or a new --learner-dir")
             self.vocab = ItemVocab.from_state_dict(state["vocab"], cfg.text_dim)
         rows = state["model"]["item_id.weight"].shape[0] if state else self.vocab.text.shape[0]
         self.vocab._reserve(rows)

@@ -161,6 +161,14 @@ def test_checkpoint_roundtrip_resumes_state(tmp_path):
     assert state["refill"] == {0: 0}
 
 
+def test_checkpoint_of_another_network_shape_is_refused(tmp_path):
+    from streamrl.errors import CheckpointError
+
+    learner(tmp_path).checkpoint()
+    with pytest.raises(CheckpointError, match="network shape"):
+        Learner(None, LearnerConfig(**{**CFG, "dim": 16}), checkpoint_dir=str(tmp_path))
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, {"x": torch.ones(2)})
 
