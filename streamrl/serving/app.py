@@ -55,24 +55,26 @@ def rank_request_model(settings: Settings) -> type[BaseModel]:
 class RankBatcher:
     """Ranks the requests that are waiting together in one batched forward pass.
 
-    The first waiting request schedules a flush ``linger_s`` later (0: at the end of the current
-    event-loop iteration); every request that arrives meanwhile shares that forward pass. Under
-    load, a short linger trades a little latency for larger batches and less CPU per request.
+    The first waiting request schedules a flush at the end of the current event-loop iteration,
+    or, when the previous batch had company (load), ``linger_s`` later; every request that
+    arrives meanwhile shares that forward pass. Under load the short linger trades a little
+    latency for larger batches and less CPU per request; a lone request is never delayed.
     """
 
     def __init__(self, ranker: Ranker, max_batch: int = 32, linger_s: float = 0.0) -> None:
         self.ranker = ranker
         self.max_batch = max_batch
         self.linger_s = linger_s
+        self.last_batch = 1
         self.pending: list[tuple[tuple[str, list[str], int], asyncio.Future]] = []
 
     async def rank(self, user_id: str, candidates: list[str], k: int) -> dict[str, Any]:
         fut = asyncio.get_running_loop().create_future()
         self.pending.append(((user_id, candidates, k), fut))
         if len(self.pending) == 1:
-            if self.linger_s:
+            if self.linger_s and self.last_batch > 1:   # under load: wait for company
                 asyncio.get_running_loop().call_later(self.linger_s, self._flush)
-            else:
+            else:                                       # a lone request is not delayed
                 asyncio.get_running_loop().call_soon(self._flush)
         return await fut
 
@@ -81,6 +83,7 @@ class RankBatcher:
         if self.pending:
             asyncio.get_running_loop().call_soon(self._flush)
         M.SERVING_BATCH.observe(len(batch))
+        self.last_batch = len(batch)
         try:
             results = self.ranker.rank_many([args for args, _ in batch])
         except Exception as e:  # hand any failure to every waiting request (answered 500), never hang them
@@ -94,12 +97,50 @@ class RankBatcher:
                 fut.set_result(res)
 
 
+class RankHandler:
+    """``POST /rank`` as one plain coroutine: body bytes and Authorization header in, status,
+    JSON bytes and extra headers out. The middleware calls it directly (the hot path skips the
+    framework's routing and body machinery); the FastAPI route, which documents it, calls it too."""
+
+    def __init__(self, ranker: Ranker, settings: Settings) -> None:
+        self.model = rank_request_model(settings)
+        self.token = settings.serve_token.reveal().encode()
+        self.batcher = RankBatcher(ranker, linger_s=settings.serve_batch_wait_ms / 1000)
+
+    def authorized(self, header: str) -> bool:
+        if not self.token:
+            return True
+        scheme, _, value = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token)
+
+    async def __call__(self, body: bytes, authorization: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        if not self.authorized(authorization):
+            return 401, _detail("missing or invalid bearer token"), [(b"www-authenticate", b"Bearer")]
+        try:  # parsed and validated in one pass by pydantic-core
+            req = self.model.model_validate_json(body)
+        except ValidationError as e:
+            detail = e.errors(include_url=False, include_input=False, include_context=False)  # JSON-safe, no echo
+            return 422, orjson.dumps({"detail": detail}), []
+        try:
+            out = await self.batcher.rank(req.user_id, req.candidates, req.k)
+        except NotReady as e:
+            return 503, _detail(str(e)), []
+        except BadRankRequest as e:
+            return 400, _detail(str(e)), []
+        return 200, orjson.dumps(out), []
+
+
+def _detail(message: str) -> bytes:
+    return orjson.dumps({"detail": message})
+
+
 class LimitsAndMetrics:
     """ASGI middleware: refuses bodies over ``max_bytes`` (413) and records latency and status."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, rank: Optional[RankHandler] = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.rank = rank
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -119,6 +160,11 @@ class LimitsAndMetrics:
             body = await self._read_body(scope, receive)
             if body is None:
                 await _too_large(send_status, self.max_bytes)
+                return
+            if self.rank is not None and route == "/rank" and scope["method"] == "POST":
+                auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+                code, payload, headers = await self.rank(body, auth)
+                await _respond(send_status, code, payload, headers)
                 return
             replayed = [False]
 
@@ -155,23 +201,22 @@ class LimitsAndMetrics:
 
 
 async def _too_large(send, limit: int) -> None:
-    body = orjson.dumps({"detail": f"request body larger than {limit} bytes"})
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await _respond(send, 413, _detail(f"request body larger than {limit} bytes"), [])
+
+
+async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
 def create_app(ranker: Ranker, settings: Settings, on_close: Optional[Callable[[], None]] = None) -> FastAPI:
     """The FastAPI application serving ``ranker``; ``on_close`` runs at shutdown."""
-    RankRequest = rank_request_model(settings)
-    token = settings.serve_token.reveal().encode()
+    handler = RankHandler(ranker, settings)
 
     async def authorize(request: Request) -> None:  # async: no thread-pool hop per request
-        if not token:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
+        if not handler.authorized(request.headers.get("authorization", "")):
             raise _Unauthorized()
 
     @contextlib.asynccontextmanager
@@ -222,8 +267,7 @@ def create_app(ranker: Ranker, settings: Settings, on_close: Optional[Callable[[
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    batcher = RankBatcher(ranker, linger_s=settings.serve_batch_wait_ms / 1000)
-    rank_schema = RankRequest.model_json_schema()
+    rank_schema = handler.model.model_json_schema()
 
     @app.post("/rank", summary="Rank candidates for a user.", response_model=RankResponse,
               openapi_extra={"requestBody": {"required": True,
@@ -232,16 +276,12 @@ def create_app(ranker: Ranker, settings: Settings, on_close: Optional[Callable[[
                          413: {"description": "body too large"}, 422: {"description": "request does not match the schema"},
                          503: {"description": "no policy yet"}})
     async def rank(request: Request) -> Response:
-        await authorize(request)
-        try:  # parsed and validated in one pass by pydantic-core (the hot path skips FastAPI's body machinery)
-            body = RankRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            detail = e.errors(include_url=False, include_input=False, include_context=False)  # JSON-safe, no echo
-            return JSONResponse({"detail": detail}, status_code=422)
-        out = await batcher.rank(body.user_id, body.candidates, body.k)
-        return Response(orjson.dumps(out), media_type="application/json")
+        """Documents /rank; requests are answered by the same handler straight from the middleware."""
+        code, payload, headers = await handler(await request.body(), request.headers.get("authorization", ""))
+        return Response(payload, status_code=code, media_type="application/json",
+                        headers={k.decode(): v.decode() for k, v in headers})
 
-    app.add_middleware(LimitsAndMetrics, max_bytes=settings.serve_max_body_bytes)
+    app.add_middleware(LimitsAndMetrics, max_bytes=settings.serve_max_body_bytes, rank=handler)
     return app
 
 
