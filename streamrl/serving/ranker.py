@@ -29,7 +29,6 @@ from streamrl.serving.policy import Policy, build_policy
 
 log = logging.getLogger(__name__)
 
-DECISIONS_TOPIC = "ranking.decisions"
 DECISION_FORMAT = 1
 
 
@@ -37,7 +36,8 @@ class Ranker:
     """Holds the served policy, the state store and the decisions producer.
 
     ``store`` is a :class:`~streamrl.consumers.store.StateStore` (None: every user is a cold
-    start); ``decisions`` a Kafka producer (None: decisions are not logged, counted as disabled).
+    start); ``decisions`` a :class:`~streamrl.serving.decisions.DecisionLog` (None: decisions are not
+    logged, counted as disabled).
     """
 
     def __init__(self, settings: Settings, text: ItemEmbeddings | None = None, store=None, decisions=None,
@@ -46,7 +46,6 @@ class Ranker:
         self.text = text if text is not None else ItemEmbeddings.empty()
         self.store = store
         self.decisions = decisions
-        self.decisions_topic = settings.topic(DECISIONS_TOPIC)
         self.rng = np.random.default_rng(seed)
         self.policy: Policy | None = None
         self._swap_lock = threading.Lock()   # serialises swappers, never taken by requests
@@ -156,7 +155,7 @@ class Ranker:
         return out
 
     def log_decision(self, response: dict[str, Any]) -> None:
-        """Send what was served to ``ranking.decisions`` (asynchronously; keyed by user_id)."""
+        """Send what was served to ``ranking.decisions`` (never blocks; keyed by user_id)."""
         if self.decisions is None:
             M.SERVING_DECISIONS.labels("disabled").inc()
             return
@@ -166,21 +165,11 @@ class Ranker:
                   "exploration": response["exploration"], "cold_start": response["cold_start"],
                   "items": [it["item_id"] for it in items], "propensities": [it["propensity"] for it in items],
                   "scores": [it["score"] for it in items]}
-        try:
-            fut = self.decisions.send(self.decisions_topic, key=response["user_id"].encode(), value=orjson.dumps(record))
-            fut.add_errback(_decision_failed)
-            M.SERVING_DECISIONS.labels("sent").inc()
-        except Exception as e:  # kafka-python raises KafkaError and its own timeouts; never fail the request
-            _decision_failed(e)
+        self.decisions.log(response["user_id"].encode(), orjson.dumps(record))
 
     def close(self) -> None:
         if self.decisions is not None:
-            self.decisions.flush(timeout=5)
-            self.decisions.close(timeout=5)
+            self.decisions.close()
         if self.store is not None:
             self.store.close()
 
-
-def _decision_failed(exc: BaseException) -> None:
-    M.SERVING_DECISIONS.labels("failed").inc()
-    log.warning("decision not logged to ranking.decisions: %s", exc)

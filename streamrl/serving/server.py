@@ -29,9 +29,9 @@ def build_service(settings: Settings, seed: int | None = None, load_timeout_s: f
 
     decisions = None
     if settings.bootstrap_servers:
-        from streamrl.kafka import make_producer
+        from streamrl.serving.decisions import DecisionLog
 
-        decisions = make_producer(settings, linger_ms=100)  # decisions are not latency-bound: batch them
+        decisions = DecisionLog(settings)
     else:
         log.warning("no bootstrap servers: decisions are not logged and snapshots come from --snapshot-dir only")
     ranker = Ranker(settings, catalog_text(settings), open_store(settings.state_store, settings.state_namespace),

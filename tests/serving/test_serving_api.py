@@ -136,14 +136,15 @@ def test_openapi_spec_documents_every_route(tmp_path):
 
 @pytest.mark.integration
 def test_served_slates_are_logged_to_ranking_decisions(settings):
-    from streamrl.kafka import make_consumer, make_producer
+    from streamrl.kafka import make_consumer
+    from streamrl.serving.decisions import DecisionLog
 
-    ranker = Ranker(settings, catalog_text(), None, make_producer(settings), seed=0)
+    ranker = Ranker(settings, catalog_text(), None, DecisionLog(settings), seed=0)
     ranker.offer(make_snapshot(3))
     client = TestClient(create_app(ranker, settings))
     sent = [client.post("/rank", json={"user_id": f"u{n}", "candidates": ["i1", "i2", "i3"], "k": 2}).json()
             for n in range(5)]
-    ranker.decisions.flush()
+    ranker.close()   # drains the queue; the child flushes its producer
     consumer = make_consumer(settings, settings.topic("ranking.decisions"), group_id=None, consumer_timeout_ms=5000)
     got = {}
     for rec in consumer:
@@ -152,7 +153,6 @@ def test_served_slates_are_logged_to_ranking_decisions(settings):
         if len(got) == len(sent):
             break
     consumer.close()
-    ranker.close()
     for out in sent:
         key, d = got[out["request_id"]]
         assert key == out["user_id"] == d["user_id"] and d["policy_version"] == 3 and d["ts"] > 0
@@ -191,3 +191,16 @@ def test_concurrent_http_requests_share_batches_and_all_answer(tmp_path):
     answers = asyncio.run(burst())
     assert [r.status_code for r in answers] == [200] * 40
     assert len({r.json()["request_id"] for r in answers}) == 40
+
+
+@pytest.mark.integration
+def test_decision_log_drops_and_counts_when_its_queue_is_full(settings):
+    from prometheus_client import REGISTRY
+
+    from streamrl.serving.decisions import DecisionLog
+
+    before = REGISTRY.get_sample_value("streamrl_serving_decisions_total", {"outcome": "failed"}) or 0.0
+    dlog = DecisionLog(settings, max_pending=0)
+    dlog.log(b"u", b"{}")
+    dlog.close()
+    assert REGISTRY.get_sample_value("streamrl_serving_decisions_total", {"outcome": "failed"}) == before + 1
