@@ -1,15 +1,14 @@
 """A servable policy: a verified snapshot rebuilt into a QNetwork with the catalog's text tower.
 
 Snapshots carry weights and item ids but no text embeddings (those are frozen and rebuilt from
-the catalog). :func:`build_policy` loads the weights strictly, appends every catalog item the
-snapshot does not know (id embedding and bias zero: scored by the text tower alone) and attaches
-the text table. It raises :class:`~streamrl.errors.SnapshotRejected` when the weights do not fit
-the model config, so a bad snapshot never replaces a good policy.
+the catalog). :func:`build_policy` rebuilds the network with the learner's ``load_policy``
+(strict weights; every catalog item the snapshot does not know gets a zero id embedding and
+bias: scored by the text tower alone) and raises :class:`~streamrl.errors.SnapshotRejected` when
+the weights do not fit the model config, so a bad snapshot never replaces a good policy.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,8 @@ import torch
 
 from streamrl.catalog import ItemEmbeddings
 from streamrl.errors import SnapshotRejected
-from streamrl.learner.model import ModelConfig, QNetwork
+from streamrl.learner.model import QNetwork
+from streamrl.learner.policy import load_policy
 from streamrl.learner.vocab import PAD
 from streamrl.producers.snapshot import Snapshot
 
@@ -76,39 +76,22 @@ class Policy:
                 "metadata": meta}
 
 
-def model_config(version: int, metadata: dict[str, Any]) -> ModelConfig:
-    raw = metadata.get("model_config")
-    if not isinstance(raw, dict):
-        raise SnapshotRejected("bad_manifest", "metadata has no model_config", version)
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    try:
-        return ModelConfig(**{k: v for k, v in raw.items() if k in names})
-    except TypeError as e:
-        raise SnapshotRejected("bad_manifest", f"model_config: {e}", version) from None
-
-
 def build_policy(snap: Snapshot, text: ItemEmbeddings) -> Policy:
-    """Rebuild ``snap`` into a servable :class:`Policy` (raises SnapshotRejected)."""
-    cfg = model_config(snap.version, snap.metadata)
-    model = QNetwork(cfg)
+    """Rebuild ``snap`` into a servable :class:`Policy` (raises SnapshotRejected).
+
+    The network is rebuilt by the learner's :func:`~streamrl.learner.policy.load_policy` (strict
+    weights, catalog items appended with text only); this adds the rejection reasons and the
+    precomputed item vectors, and keeps the network private to this immutable policy.
+    """
+    if not isinstance(snap.metadata.get("model_config"), dict):
+        raise SnapshotRejected("bad_manifest", "metadata has no model_config", snap.version)
     try:
-        model.load_state_dict(snap.tensors, strict=True)
-    except RuntimeError as e:  # torch reports missing/unexpected keys and size mismatches this way
+        rebuilt = load_policy(snap, text if len(text) else None)
+    except (KeyError, TypeError) as e:
+        raise SnapshotRejected("bad_manifest", f"model_config: {e}", snap.version) from None
+    except (RuntimeError, ValueError) as e:  # torch reports missing keys and size mismatches this way
         raise SnapshotRejected("shape_mismatch", str(e).replace("\n", " ")[:300], snap.version) from None
-    if len(text) and text.matrix.shape[1] != cfg.text_dim:
-        raise SnapshotRejected("shape_mismatch", f"catalog text dim {text.matrix.shape[1]} != {cfg.text_dim}",
-                               snap.version)
-    index = {item: row for row, item in enumerate(snap.item_ids) if row != PAD}
-    extra = [i for i in text.item_ids if i not in index]
-    for n, item in enumerate(extra):
-        index[item] = len(snap.item_ids) + n
-    n_rows = max(len(snap.item_ids) + len(extra), model.n_items)
-    model.grow(n_rows)
-    table = torch.zeros(n_rows, cfg.text_dim)
-    if len(text):
-        table[torch.tensor([index[i] for i in text.item_ids])] = torch.from_numpy(np.asarray(text.matrix, np.float32))
-    model.attach_text(table)
-    model.eval().requires_grad_(False)
+    model = rebuilt.model.eval().requires_grad_(False)
     with torch.inference_mode():
         vectors, bias = model.item_vectors(), model.item_bias_of()
-    return Policy(snap.version, snap.metadata, model, index, cfg.history_len, vectors, bias)
+    return Policy(snap.version, snap.metadata, model, dict(rebuilt.index), model.cfg.history_len, vectors, bias)

@@ -118,7 +118,8 @@ def test_corrupt_snapshots_are_rejected_by_reason_and_serving_continues(settings
         pub.publish(8, *policy_parts(8, seed=8))
         assert _wait(lambda: ranker.version == 8), "good v8 not swapped in after the rejections"
         assert time.monotonic() - t0 < 5
-        assert [s.version for s in iter_snapshots(settings.snapshot_dir)] == [8, 2, 1]
+        # the watcher saves a snapshot right after swapping it in
+        assert _wait(lambda: [s.version for s in iter_snapshots(settings.snapshot_dir)] == [8, 2, 1])
     finally:
         watcher.stop()
         pub.close()
