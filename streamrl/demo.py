@@ -22,47 +22,20 @@ from typing import Any
 from tqdm import tqdm
 
 from streamrl.config import Settings
+from streamrl.consumers.processor import applied_offsets
 from streamrl.consumers.state import split_record
 from streamrl.consumers.store import open_store
-from streamrl.kafka import EmbeddedBroker, ensure_topics, make_consumer
+from streamrl.kafka import EmbeddedBroker, ensure_topics, read_all
 from streamrl.producers.simulator import SimConfig, run_simulate
 from streamrl.schema import decode_transitions
 
 log = logging.getLogger(__name__)
 
 
-def _applied(settings: Settings) -> int:
-    """Events the processor has durably applied (sum of stored offsets)."""
-    total = 0
-    with open_store(settings.state_store, settings.state_namespace) as st:
-        for p in range(settings.partitions):
-            meta = st.load_partition(p)
-            if meta:
-                total += sum(json.loads(meta)["offsets"].values())
-    return total
-
-
-def _read_all(settings: Settings, name: str) -> list:
-    from kafka import TopicPartition
-
-    c = make_consumer(settings, group_id=None)
-    tps = [TopicPartition(settings.topic(name), p) for p in sorted(c.partitions_for_topic(settings.topic(name)) or [])]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    out, empty = [], 0
-    while empty < 3:
-        batch = c.poll(timeout_ms=300)
-        empty = 0 if batch else empty + 1
-        for recs in batch.values():
-            out.extend(recs)
-    c.close()
-    return out
-
-
 def summarize(settings: Settings, produced: dict[str, Any], seconds: float) -> dict[str, Any]:
     """Figures of a finished run, from the store and the output topics."""
-    transitions = [t for r in _read_all(settings, "transitions") for t in decode_transitions(r.value)]
-    dlq = _read_all(settings, "events.dlq")
+    transitions = [t for r in read_all(settings, "transitions") for t in decode_transitions(r.value)]
+    dlq = read_all(settings, "events.dlq")
     by_pos: dict[int, list[float]] = {}
     for t in transitions:
         if t["position"] is not None:
@@ -125,10 +98,10 @@ def run_demo(settings: Settings, cfg: SimConfig, events: int, run_dir: Path, pro
         bar = tqdm(total=produced["events"], desc="process", unit="ev", file=sys.stderr, mininterval=1,
                    disable=not progress)
         while processor.poll() is None:
-            bar.n = min(_applied(settings), produced["events"])
+            bar.n = min(applied_offsets(settings), produced["events"])
             bar.refresh()
             time.sleep(0.5)
-        bar.n = _applied(settings)
+        bar.n = applied_offsets(settings)
         bar.close()
         if processor.returncode != 0:
             raise RuntimeError(f"processor exited with {processor.returncode}; see {run_dir / 'processor.log'}")

@@ -112,6 +112,30 @@ def _wait_for_topics(admin: KafkaAdminClient, topics: list[str], timeout_s: floa
         time.sleep(0.05)
 
 
+def read_all(settings: Settings, name: str, idle_polls: int = 3) -> list:
+    """Every record of topic ``name`` from the beginning, without a consumer group (tools, tests).
+
+    Stops after ``idle_polls`` empty polls in a row (end offsets are unreliable on Tansu).
+    """
+    from kafka import TopicPartition
+
+    c = make_consumer(settings, group_id=None)
+    try:
+        tps = [TopicPartition(settings.topic(name), p)
+               for p in sorted(c.partitions_for_topic(settings.topic(name)) or ())]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        out, empty = [], 0
+        while empty < idle_polls:
+            batch = c.poll(timeout_ms=300)
+            empty = 0 if batch else empty + 1
+            for recs in batch.values():
+                out.extend(recs)
+        return out
+    finally:
+        c.close()
+
+
 def delete_topics(settings: Settings, names: Iterable[str]) -> None:
     admin = make_admin(settings)
     try:

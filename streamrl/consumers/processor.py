@@ -24,6 +24,7 @@ duplicates); a crash between 3 and 4 is harmless because assignment seeks to the
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -63,6 +64,17 @@ class Summary:
         return (f"processed records={self.records} events={self.events} invalid={self.invalid} "
                 f"duplicates={self.duplicates} late={self.late} transitions={self.transitions} "
                 f"checkpoints={self.checkpoints} seconds={self.seconds:.1f} records_per_s={rate:.0f}")
+
+
+def applied_offsets(settings: Settings) -> int:
+    """Events durably applied so far: the sum of the offsets stored with the state (progress)."""
+    total = 0
+    with open_store(settings.state_store, settings.state_namespace) as st:
+        for p in range(settings.partitions):
+            meta = st.load_partition(p)
+            if meta:
+                total += sum(json.loads(meta)["offsets"].values())
+    return total
 
 
 def load_item_embeddings(settings: Settings) -> ItemEmbeddings:

@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 
-from kafka import TopicPartition
 
 from streamrl.consumers.state import UserView
 from streamrl.consumers.store import open_store
-from streamrl.kafka import make_consumer, make_producer
+from streamrl.kafka import make_producer, read_all
 from streamrl.schema import decode_transitions
 
 
@@ -25,20 +24,8 @@ def produce(settings, events, raw=()):
     p.close()
 
 
-def read_topic(settings, name, idle_polls=4):
-    c = make_consumer(settings, group_id=None)
-    parts = c.partitions_for_topic(settings.topic(name)) or set()
-    tps = [TopicPartition(settings.topic(name), p) for p in sorted(parts)]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    out, empty = [], 0
-    while empty < idle_polls:
-        batch = c.poll(timeout_ms=250)
-        empty = 0 if batch else empty + 1
-        for recs in batch.values():
-            out.extend(recs)
-    c.close()
-    return out
+def read_topic(settings, name):
+    return read_all(settings, name, idle_polls=4)
 
 
 def read_transitions(settings):

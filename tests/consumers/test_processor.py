@@ -12,23 +12,10 @@ from consumers.kafka_util import (assert_matches_reference, produce, read_topic,
                                   start_processor, stored_users)
 from consumers.reference import reference
 from streamrl.catalog import write_catalog
-from streamrl.consumers.processor import EventProcessor, load_item_embeddings
+from streamrl.consumers.processor import EventProcessor, applied_offsets, load_item_embeddings
 from streamrl.producers.simulator import SimConfig, Simulator
 
 pytestmark = pytest.mark.integration
-
-
-def applied_offsets(settings):
-    """Sum of the offsets the store says were applied (progress of a run)."""
-    from streamrl.consumers.store import open_store
-
-    total = 0
-    with open_store(settings.state_store, settings.state_namespace) as st:
-        for p in range(settings.partitions):
-            meta = st.load_partition(p)
-            if meta:
-                total += sum(json.loads(meta)["offsets"].values())
-    return total
 
 
 def ref(settings, events, lookup=lambda i: None):
