@@ -204,7 +204,7 @@ def forward_times(settings, snap, requests: list[dict], histories: dict[str, lis
     with torch.inference_mode():
         for _ in range(reps):
             for req in requests:
-                state = policy.state(histories.get(req["user_id"], []))
+                state = torch.from_numpy(policy.state(histories.get(req["user_id"], [])))
                 rows = policy.rows(req["candidates"])
                 cands = torch.from_numpy(rows[rows >= 0])
                 t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from streamrl import metrics as M
 from streamrl.config import Settings
-from streamrl.serving.exceptions import BadRankRequest, NotReady
+from streamrl.serving.exceptions import BadRankRequest, InvalidCandidates, NotReady
 from streamrl.serving.ranker import Ranker
 
 
@@ -106,6 +106,32 @@ class RankHandler:
         self.model = rank_request_model(settings)
         self.token = settings.serve_token.reveal().encode()
         self.batcher = RankBatcher(ranker, linger_s=settings.serve_batch_wait_ms / 1000)
+        self.max_id = settings.max_id_bytes
+        self.max_candidates = settings.serve_max_candidates
+        self.max_k = settings.serve_max_k
+
+    def parse(self, body: bytes) -> tuple[str, list[Any], int] | None:
+        """``(user_id, candidates, k)`` of a body that is plainly well formed, else None (the schema
+        decides). The candidate ids themselves are checked by the ranker, which looks each one up
+        anyway and only needs to check the few it does not know (InvalidCandidates); a body this
+        accepts, the schema accepts with the same values."""
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if type(doc) is not dict or not 2 <= len(doc) <= 3:
+            return None
+        user_id, candidates, k = doc.get("user_id"), doc.get("candidates"), doc.get("k", 10)
+        if (type(user_id) is not str or type(candidates) is not list or type(k) is not int
+                or len(doc) != 2 + ("k" in doc) or not 0 < len(user_id) <= self.max_id
+                or not 0 < len(candidates) <= self.max_candidates or not 0 < k <= self.max_k):
+            return None
+        return user_id, candidates, k
+
+    def validate(self, body: bytes) -> tuple[str, list[Any], int]:
+        """The schema's verdict (raises ValidationError)."""
+        req = self.model.model_validate_json(body)   # parsed and validated in one pass by pydantic-core
+        return req.user_id, req.candidates, req.k
 
     def authorized(self, header: str) -> bool:
         if not self.token:
@@ -116,13 +142,20 @@ class RankHandler:
     async def __call__(self, body: bytes, authorization: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         if not self.authorized(authorization):
             return 401, _detail("missing or invalid bearer token"), [(b"www-authenticate", b"Bearer")]
-        try:  # parsed and validated in one pass by pydantic-core
-            req = self.model.model_validate_json(body)
+        fast = self.parse(body)
+        try:
+            req = fast if fast is not None else self.validate(body)
+            try:
+                out = await self.batcher.rank(*req)
+            except (InvalidCandidates, NotReady):
+                if fast is not None:
+                    self.validate(body)     # the schema's verdict comes first, as without the fast path
+                raise
         except ValidationError as e:
             detail = e.errors(include_url=False, include_input=False, include_context=False)  # JSON-safe, no echo
             return 422, orjson.dumps({"detail": detail}), []
-        try:
-            out = await self.batcher.rank(req.user_id, req.candidates, req.k)
+        except InvalidCandidates as e:
+            return 422, _detail(str(e)), []
         except NotReady as e:
             return 503, _detail(str(e)), []
         except BadRankRequest as e:

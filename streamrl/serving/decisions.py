@@ -1,13 +1,16 @@
 """The ``ranking.decisions`` log, produced from a child process.
 
 kafka-python spends a few hundred microseconds of Python per record, on the serving process's
-one core. :class:`DecisionLog` instead queues each record (a C queue, no lock held), a writer
-thread writes it to a child process's stdin, and the child (``python -m
-streamrl.serving.decisions``) runs the Kafka producer on another core. Order of a record's life: ``log`` (queue) → writer thread (pipe) → child
-(``producer.send``, batched by linger) → broker. At shutdown the queue is drained, the pipe
-closed, and the child flushes its producer before it exits; a killed parent also closes the
-pipe, so the child flushes what it has and exits. The child runs in its own session: a Ctrl-C
-meant for the server does not cut the log short. Delivery failures are logged by the child.
+one core. :class:`DecisionLog` instead frames each record into memory, and the ranker writes the
+frames of a whole batch of requests to a child process's stdin with one non-blocking ``writev``;
+the child (``python -m streamrl.serving.decisions``) runs the Kafka producer on another core.
+No thread is woken per record and serving never waits on the pipe. Order of a record's life:
+``log`` (frame in memory) → ``flush`` after the batch (pipe; what the pipe cannot take now stays
+queued and a drainer thread retries every 50 ms) → child (``producer.send``, batched by linger)
+→ broker. At shutdown the queue is written out, the pipe closed, and the child flushes its
+producer before it exits; a killed parent also closes the pipe, so the child flushes what it
+has and exits. The child runs in its own session: a Ctrl-C meant for the server does not cut
+the log short. Delivery failures are logged by the child.
 
 A full queue (``max_pending`` records: the broker or the child cannot keep up) drops the
 record and counts it as ``failed``: serving never waits for the decision log.
@@ -15,9 +18,10 @@ record and counts it as ``failed``: serving never waits for the decision log.
 
 from __future__ import annotations
 
+import collections
+import fcntl
 import logging
 import os
-import queue
 import struct
 import subprocess
 import sys
@@ -29,50 +33,98 @@ from streamrl.config import Settings
 log = logging.getLogger(__name__)
 
 TOPIC = "ranking.decisions"
-_STOP = None
+_PIPE_BYTES = 1 << 20      # ask for a 1 MiB pipe (Linux F_SETPIPE_SZ): bursts fit without a backlog
+_IOV_MAX = 512             # frames per writev
 
 
 class DecisionLog:
-    """``log(key, value)`` sends one record to ``ranking.decisions`` without blocking the caller."""
+    """``log(key, value)`` queues one record for ``ranking.decisions``; ``flush()`` hands what is
+    queued to the producer child. Neither blocks the caller."""
 
-    def __init__(self, settings: Settings, max_pending: int = 100_000) -> None:
+    def __init__(self, settings: Settings, max_pending: int = 100_000, drain_s: float = 0.05) -> None:
         env = {**os.environ, **settings.to_env()}
         self._proc = subprocess.Popen([sys.executable, "-m", "streamrl.serving.decisions"], stdin=subprocess.PIPE,
                                       env=env, start_new_session=True)   # Ctrl-C of the server is not its signal
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._fd = self._proc.stdin.fileno()
+        os.set_blocking(self._fd, False)
+        try:
+            fcntl.fcntl(self._fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
+        except OSError:   # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe size
+            pass
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._lock = threading.Lock()          # one writer at a time: the ranker or the drainer
+        self._dead = False
         self.max_pending = max_pending
-        self._thread = threading.Thread(target=self._pump, name="decisions-pipe", daemon=True)
+        self._stop = threading.Event()
+        self._drain_s = drain_s
+        self._thread = threading.Thread(target=self._drain, name="decisions-drain", daemon=True)
         self._thread.start()
 
     def log(self, key: bytes, value: bytes) -> None:
-        if self._queue.qsize() >= self.max_pending:
+        if len(self._queue) >= self.max_pending or self._dead:
             M.SERVING_DECISIONS.labels("failed").inc()
             return
-        self._queue.put(struct.pack("<HI", len(key), len(value)) + key + value)
+        self._queue.append(struct.pack("<HI", len(key), len(value)) + key + value)
         M.SERVING_DECISIONS.labels("sent").inc()
 
-    def _pump(self) -> None:
-        out = self._proc.stdin
-        while True:
-            frame = self._queue.get()
-            if frame is _STOP:
-                break
+    def flush(self) -> None:
+        """Write as many queued frames as the pipe takes now (never waits)."""
+        if self._queue and self._lock.acquire(blocking=False):   # the drainer is at it: it takes them
             try:
-                out.write(frame)
-                if self._queue.empty():
-                    out.flush()
-            except (OSError, ValueError) as e:  # the child died: nothing more can be logged
-                log.error("decision log child gone (%s): decisions are dropped", e)
-                break
-        try:
-            out.close()
-        except OSError:
-            pass
+                self._write()
+            finally:
+                self._lock.release()
+
+    def _write(self) -> None:
+        q = self._queue
+        while q:
+            frames = [q[i] for i in range(min(len(q), _IOV_MAX))]
+            try:
+                n = os.writev(self._fd, frames)
+            except BlockingIOError:            # pipe full: the child is behind; retried later
+                return
+            except OSError as e:               # the child died: nothing more can be logged
+                self._gone(e)
+                return
+            for f in frames:
+                if n < len(f):
+                    if n:
+                        q[0] = f[n:]          # partly written: the rest goes first next time
+                    return
+                n -= len(f)
+                q.popleft()
+
+    def _gone(self, e: BaseException) -> None:
+        log.error("decision log child gone (%s): decisions are dropped", e)
+        self._dead = True
+        M.SERVING_DECISIONS.labels("failed").inc(len(self._queue))
+        self._queue.clear()
+
+    def _drain(self) -> None:
+        while not self._stop.wait(self._drain_s):
+            if self._queue:
+                with self._lock:
+                    self._write()
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Drain the queue, close the pipe and let the child flush its producer."""
-        self._queue.put(_STOP)
+        """Write out the queue, close the pipe and let the child flush its producer."""
+        self._stop.set()
         self._thread.join(timeout=timeout_s)
+        with self._lock:
+            if not self._dead:
+                os.set_blocking(self._fd, True)
+                try:
+                    while self._queue:
+                        frame = memoryview(self._queue[0])
+                        while frame:
+                            frame = frame[os.write(self._fd, frame):]
+                        self._queue.popleft()
+                except OSError as e:
+                    self._gone(e)
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
         try:
             self._proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -11,3 +11,9 @@ class NotReady(StreamrlError):
 
 class BadRankRequest(StreamrlError):
     """A request that passed the schema but cannot be ranked (HTTP 400)."""
+
+
+class InvalidCandidates(StreamrlError):
+    """A candidate id breaks the schema (not a string, empty, or too long); found while ranking a
+    request that skipped the per-item schema pass. The edge validates the body with the schema
+    for the error message (HTTP 422)."""

@@ -66,13 +66,16 @@ def epsilon_marginals(n: int, k: int, eps: float) -> np.ndarray:
 
 
 def sample_epsilon(n: int, k: int, eps: float, rng: np.random.Generator) -> list[int]:
-    """Greedy ranks placed in slots ``0..k-1`` by the ε-greedy slate sampler."""
+    """Greedy ranks placed in slots ``0..k-1`` by the ε-greedy slate sampler.
+
+    Slot ``j`` explores with probability ε, then takes a uniform one of the ``n - j`` remaining
+    ranks, else the best remaining one; every slot's coin and draw come from one vectorised call.
+    """
+    k = min(k, n)
+    explore = (rng.random(k) < eps).tolist()
+    draws = rng.integers(0, np.arange(n, n - k, -1)).tolist()    # uniform in [0, n - j) for slot j
     remaining = list(range(n))
-    out = []
-    for _ in range(min(k, n)):
-        i = int(rng.integers(len(remaining))) if rng.random() < eps else 0
-        out.append(remaining.pop(i))
-    return out
+    return [remaining.pop(d if e else 0) for e, d in zip(explore, draws)]
 
 
 def plackett_luce_marginals(weights: np.ndarray, k: int) -> np.ndarray:

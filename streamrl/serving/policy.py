@@ -11,64 +11,62 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
-import torch
 
 from streamrl.catalog import ItemEmbeddings
 from streamrl.errors import SnapshotRejected
 from streamrl.learner.model import QNetwork
-from streamrl.learner.policy import load_policy
+from streamrl.learner.policy import FrozenScorer, load_policy
 from streamrl.learner.vocab import PAD
 from streamrl.producers.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
 class Policy:
-    """One immutable policy version; requests read ``service.policy`` once and use only this."""
+    """One immutable policy version; requests read ``service.policy`` once and use only this.
+
+    Requests are scored in numpy by ``scorer`` (tables computed once at load; equal to
+    :meth:`QNetwork.score`); ``model`` is kept as the reference network.
+    """
 
     version: int
     metadata: dict[str, Any]
     model: QNetwork
     index: dict[str, int]            # item_id -> row of the model's item tables
     history_len: int
-    vectors: torch.Tensor            # g(a) of every row, computed once at load
-    bias: torch.Tensor               # b(a) of every row
+    scorer: FrozenScorer
+    longest_id: int                  # characters of the longest item id in ``index``
     loaded_at: float = field(default_factory=time.time)
 
     def rows(self, item_ids: list[str]) -> np.ndarray:
         """Model rows of ``item_ids``; -1 for items the policy cannot score (no id, no text)."""
-        get = self.index.get
-        return np.array([get(i, -1) for i in item_ids], dtype=np.int64)
+        return np.fromiter(map(self.index.get, item_ids, repeat(-1)), dtype=np.int64, count=len(item_ids))
 
-    def state(self, history: list[str]) -> torch.Tensor:
+    def state(self, history: list[str]) -> np.ndarray:
         """``(1, history_len)`` left-padded rows of the most recent items (unknown items: PAD)."""
-        rows = [self.index.get(i, PAD) for i in history[-self.history_len:]]
-        return torch.tensor([[PAD] * (self.history_len - len(rows)) + rows], dtype=torch.long)
+        get = self.index.get
+        rows = [get(i, PAD) for i in history[-self.history_len:]]
+        return np.array([[PAD] * (self.history_len - len(rows)) + rows], dtype=np.int64)
 
-    def score(self, state: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+    def score(self, state: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """:meth:`QNetwork.score` of candidate ``rows`` for one state: ``(len(rows),)``."""
         return self.score_many(state, [rows])[0]
 
-    @torch.inference_mode()
-    def score_many(self, states: torch.Tensor, rows: list[np.ndarray]) -> list[np.ndarray]:
+    def score_many(self, states: np.ndarray, rows: list[np.ndarray]) -> list[np.ndarray]:
         """:meth:`QNetwork.score` of ``rows[b]`` for state ``b`` of ``states`` ``(B, L)``, in one
-        batched forward, from the item vectors precomputed at load (no text projection per request).
-        When the candidates cover a good part of the item table, every item is scored in one matmul
-        and the candidates' scores are picked out (cheaper than gathering their vectors)."""
-        m = self.model
-        h = m.encode(states)
-        qw = m.cfg.q_weight
-        u = m.q_head(h) * qw + m.sup_head(h)                       # (B, dim)
-        if self.vectors.shape[0] <= 8 * sum(len(r) for r in rows):
-            full = (u @ self.vectors.T + qw * self.bias).numpy()   # (B, items)
+        batched pass over the precomputed item vectors. When the candidates cover a good part of
+        the item table, every item is scored in one matmul and the candidates' scores are picked
+        out (cheaper than gathering their vectors)."""
+        sc = self.scorer
+        u = sc.user_vectors(states)                                 # (B, dim)
+        if sc.vectors.shape[0] <= 8 * sum(len(r) for r in rows):
+            full = u @ sc.vectors.T
+            full += sc.bias                                         # (B, items)
             return [full[b, r] for b, r in enumerate(rows)]
-        out = []
-        for b, r in enumerate(rows):
-            c = torch.from_numpy(r)
-            out.append((u[b] @ self.vectors[c].T + qw * self.bias[c]).numpy())
-        return out
+        return [sc.vectors[r] @ u[b] + sc.bias[r] for b, r in enumerate(rows)]
 
     def describe(self) -> dict[str, Any]:
         meta = {k: v for k, v in self.metadata.items() if k not in ("tensors", "hyperparameters")}
@@ -81,7 +79,7 @@ def build_policy(snap: Snapshot, text: ItemEmbeddings) -> Policy:
 
     The network is rebuilt by the learner's :func:`~streamrl.learner.policy.load_policy` (strict
     weights, catalog items appended with text only); this adds the rejection reasons and the
-    precomputed item vectors, and keeps the network private to this immutable policy.
+    numpy scoring tables, and keeps the network private to this immutable policy.
     """
     if not isinstance(snap.metadata.get("model_config"), dict):
         raise SnapshotRejected("bad_manifest", "metadata has no model_config", snap.version)
@@ -92,6 +90,8 @@ def build_policy(snap: Snapshot, text: ItemEmbeddings) -> Policy:
     except (RuntimeError, ValueError) as e:  # torch reports missing keys and size mismatches this way
         raise SnapshotRejected("shape_mismatch", str(e).replace("\n", " ")[:300], snap.version) from None
     model = rebuilt.model.eval().requires_grad_(False)
-    with torch.inference_mode():
-        vectors, bias = model.item_vectors(), model.item_bias_of()
-    return Policy(snap.version, snap.metadata, model, dict(rebuilt.index), model.cfg.history_len, vectors, bias)
+    scorer = FrozenScorer.from_model(model)
+    if not all(np.isfinite(t).all() for t in scorer.tables()):
+        raise SnapshotRejected("non_finite", "item or state tables overflow to non-finite values", snap.version)
+    return Policy(snap.version, snap.metadata, model, dict(rebuilt.index), model.cfg.history_len, scorer,
+                  max(map(len, rebuilt.index), default=0))

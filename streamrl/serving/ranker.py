@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import torch
 
 from streamrl import metrics as M
 from streamrl.catalog import ItemEmbeddings
@@ -23,7 +22,7 @@ from streamrl.config import Settings
 from streamrl.consumers.state import UserView
 from streamrl.errors import SnapshotRejected, StreamrlError
 from streamrl.producers.snapshot import REJECT_REASONS, Snapshot
-from streamrl.serving.exceptions import BadRankRequest, NotReady
+from streamrl.serving.exceptions import BadRankRequest, InvalidCandidates, NotReady
 from streamrl.serving.explore import sample_slate
 from streamrl.serving.policy import Policy, build_policy
 
@@ -103,29 +102,55 @@ class Ranker:
 
     def rank_many(self, requests: list[tuple[str, list[str], int]]) -> list[dict[str, Any] | StreamrlError]:
         """Rank several requests with one batched forward pass; a request that cannot be ranked
-        gets its exception in its place (NotReady, BadRankRequest)."""
+        gets its exception in its place (NotReady, BadRankRequest, InvalidCandidates)."""
         policy = self.policy
         if policy is None:
             return [NotReady("no verified policy loaded yet") for _ in requests]
         out: list[Any] = [None] * len(requests)
         todo = []
         for n, (user_id, candidates, k) in enumerate(requests):
-            if len(set(candidates)) != len(candidates):
-                out[n] = BadRankRequest("candidates contain duplicate item ids")
+            try:
+                rows, known = self.lookup(policy, candidates)
+            except (BadRankRequest, InvalidCandidates) as e:
+                out[n] = e
                 continue
             history = self.history(user_id)
-            rows = policy.rows(candidates)
-            todo.append((n, history, rows, np.flatnonzero(rows >= 0)))
+            todo.append((n, history, rows, known))
         scored = [t for t in todo if len(t[3])]
         scores = []
         if scored:
-            states = torch.cat([policy.state(t[1] or []) for t in scored])
+            states = np.concatenate([policy.state(t[1] or []) for t in scored])
             scores = policy.score_many(states, [t[2][t[3]] for t in scored])
         by_request = {t[0]: sc for t, sc in zip(scored, scores)}
         for n, history, rows, known in todo:
             user_id, candidates, k = requests[n]
             out[n] = self._slate(policy, user_id, candidates, k, history, rows, known, by_request.get(n))
+        if self.decisions is not None:
+            self.decisions.flush()          # the batch's decisions to the producer child in one write
         return out
+
+    def lookup(self, policy: Policy, candidates: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Model rows of ``candidates`` (-1: unknown) and the indices of the known ones.
+
+        Raises BadRankRequest for a repeated id and InvalidCandidates for an id that breaks the
+        schema: ids the policy knows were checked at load (``policy.longest_id``), so only the
+        unknown ones (usually few) are checked here.
+        """
+        limit = self.settings.max_id_bytes
+        try:
+            rows = policy.rows(candidates)
+        except TypeError:                            # unhashable: not a string
+            raise InvalidCandidates("a candidate is not a string") from None
+        is_known = rows >= 0
+        known = np.flatnonzero(is_known)
+        unknown = [candidates[j] for j in np.flatnonzero(~is_known).tolist()]
+        checked = candidates if policy.longest_id > limit else unknown
+        for c in checked:
+            if type(c) is not str or not 0 < len(c) <= limit:
+                raise InvalidCandidates("a candidate is not a string of 1 to max_id_bytes characters")
+        if _repeats(rows[known], policy.scorer.vectors.shape[0]) or len(set(unknown)) != len(unknown):
+            raise BadRankRequest("candidates contain duplicate item ids")
+        return rows, known
 
     def _slate(self, policy: Policy, user_id: str, candidates: list[str], k: int, history: list[str] | None,
                rows: np.ndarray, known: np.ndarray, scores: np.ndarray | None) -> dict[str, Any]:
@@ -155,7 +180,8 @@ class Ranker:
         return out
 
     def log_decision(self, response: dict[str, Any]) -> None:
-        """Send what was served to ``ranking.decisions`` (never blocks; keyed by user_id)."""
+        """Queue what was served for ``ranking.decisions`` (never blocks; keyed by user_id; written
+        to the producer child once per batch by :meth:`rank_many`)."""
         if self.decisions is None:
             M.SERVING_DECISIONS.labels("disabled").inc()
             return
@@ -173,3 +199,18 @@ class Ranker:
         if self.store is not None:
             self.store.close()
 
+
+
+
+def _repeats(rows: np.ndarray, n_rows: int) -> bool:
+    """Whether ``rows`` (each in ``0..n_rows-1``) has a repeated value.
+
+    >>> _repeats(np.array([3, 1, 3]), 5), _repeats(np.array([3, 1, 4]), 5)
+    (True, False)
+    """
+    if n_rows <= 64 * len(rows):                     # a bitmap of the table is cheaper than a sort
+        seen = np.zeros(n_rows, dtype=np.bool_)
+        seen[rows] = True
+        return int(np.count_nonzero(seen)) != len(rows)
+    s = np.sort(rows)
+    return bool((s[1:] == s[:-1]).any())

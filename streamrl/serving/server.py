@@ -48,6 +48,7 @@ def app_from_settings(settings: Settings):
     from streamrl.serving.app import create_app
 
     torch.set_num_threads(1)   # one batch at a time per process: intra-op threads only add contention
+    _one_blas_thread()
     ranker, watcher = build_service(settings)
 
     def close() -> None:
@@ -61,6 +62,17 @@ def app_from_settings(settings: Settings):
     log.info("ranking service on http://%s:%d (pid %d, policy v%d, exploration %s)", settings.serve_host,
              settings.serve_port, os.getpid(), ranker.version, settings.serve_exploration)
     return create_app(ranker, settings, on_close=close)
+
+
+def _one_blas_thread() -> None:
+    """numpy's BLAS (requests are scored in numpy) to one thread, like torch: on small matmuls
+    its thread hand-offs cost more than they save, and several times more on a busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a transitive dependency (scikit-learn); without it BLAS keeps its default
+        log.warning("threadpoolctl not installed: numpy BLAS keeps its default thread count")
+        return
+    threadpool_limits(1, user_api="blas")
 
 
 def app_from_env():

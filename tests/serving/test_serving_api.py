@@ -57,21 +57,27 @@ def test_unknown_user_gets_a_history_free_cold_start(tmp_path):
     warm = client.post("/rank", json={"user_id": "u1", "candidates": ["i1", "i2", "i3"], "k": 3}).json()
     assert cold["cold_start"] and not warm["cold_start"]
     p = ranker.policy
-    expect = p.model.score(p.state([]), torch.tensor([p.index["i1"]]))[0, 0].item()
+    expect = p.model.score(torch.from_numpy(p.state([])), torch.tensor([p.index["i1"]]))[0, 0].item()
     assert [it for it in cold["items"] if it["item_id"] == "i1"][0]["score"] == pytest.approx(expect, rel=1e-5)
 
 
 def test_policy_scores_equal_the_model_score(tmp_path):
-    """The served scores (item vectors precomputed at load) are QNetwork.score's, for known and
-    catalog-only items, with and without history."""
+    """The served scores (numpy, from tables computed at load) are QNetwork.score's, for known and
+    catalog-only items, with and without history, one by one and batched."""
     _, ranker = _client(tmp_path)
     p = ranker.policy
     rows = p.rows([f"i{k}" for k in range(40)] + [f"c{k}" for k in range(10)])
-    for hist in ([], ["i3"], ["c4", "i5", "i6", "unknown"]):
+    hists = ([], ["i3"], ["c4", "i5", "i6", "unknown"], ["unknown", "i1"], [f"i{k}" for k in range(12)])
+    for hist in hists:
         st = p.state(hist)
         with torch.no_grad():
-            ref = p.model.score(st, torch.from_numpy(rows))[0].numpy()
+            ref = p.model.score(torch.from_numpy(st), torch.from_numpy(rows))[0].numpy()
         np.testing.assert_allclose(p.score(st, rows), ref, rtol=1e-5, atol=1e-5)
+    states = np.concatenate([p.state(h) for h in hists])
+    with torch.no_grad():
+        ref = p.model.score(torch.from_numpy(states), torch.from_numpy(rows)).numpy()
+    for got, want in zip(p.score_many(states, [rows] * len(hists)), ref):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("body,status,fragment", [
@@ -84,6 +90,11 @@ def test_policy_scores_equal_the_model_score(tmp_path):
     ({"user_id": "u" * 257, "candidates": ["i1"]}, 422, "at most 256"),
     ({"user_id": "u1", "candidates": ["x" * 257]}, 422, "at most 256"),
     ({"user_id": "u1", "candidates": [3]}, 422, "valid string"),
+    ({"user_id": "u1", "candidates": ["i1", ["i2"]]}, 422, "valid string"),
+    ({"user_id": "u1", "candidates": ["i1", "", "i2"]}, 422, "at least 1 character"),
+    ({"user_id": "u1", "candidates": ["i1", "nope", "i2", "nope"]}, 400, "duplicate"),
+    ({"user_id": "u1", "candidates": "i1"}, 422, "valid array"),
+    ({"user_id": 7, "candidates": ["i1"]}, 422, "valid string"),
     ({"user_id": "u1", "candidates": ["i1"], "extra": 1}, 422, "Extra inputs"),
     ({"candidates": ["i1"]}, 422, "Field required"),
 ])
@@ -92,6 +103,20 @@ def test_bad_requests_get_4xx_with_a_clear_message(tmp_path, body, status, fragm
     r = client.post("/rank", json=body)
     assert r.status_code == status
     assert fragment in json.dumps(r.json())
+
+
+def test_a_bad_body_is_told_so_before_the_service_is_ready(tmp_path):
+    client, _ = _client(tmp_path, policy=False)
+    assert client.post("/rank", json={"user_id": "u1", "candidates": ["i1", 3]}).status_code == 422
+    assert client.post("/rank", json={"user_id": "u1", "candidates": ["i1"]}).status_code == 503
+
+
+def test_lax_bodies_the_schema_accepts_are_ranked(tmp_path):
+    """Bodies outside the fast path (a float k) are validated and coerced by the schema."""
+    client, _ = _client(tmp_path)
+    r = client.post("/rank", content=b'{"user_id": "u1", "candidates": ["i1", "i2", "i3"], "k": 2.0}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200 and len(r.json()["items"]) == 2
 
 
 def test_oversize_and_malformed_bodies_are_refused(tmp_path):
