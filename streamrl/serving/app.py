@@ -168,36 +168,44 @@ def _detail(message: str) -> bytes:
 
 
 class LimitsAndMetrics:
-    """ASGI middleware: refuses bodies over ``max_bytes`` (413) and records latency and status."""
+    """The outermost ASGI layer: refuses bodies over ``max_bytes`` (413), records latency and
+    status, and answers ``POST /rank`` itself through ``rank`` (no framework layer on the hot
+    path); every other request goes on to ``app`` (the FastAPI application, also at ``.api``)."""
 
     def __init__(self, app, max_bytes: int, rank: Optional[RankHandler] = None) -> None:
-        self.app = app
+        self.app = self.api = app
         self.max_bytes = max_bytes
         self.rank = rank
+        self._seconds = {r: M.SERVING_REQUEST_SECONDS.labels(r) for r in M.SERVING_ROUTES}
+        self._requests: dict[tuple[str, int], Any] = {}
+
+    def _count(self, route: str, status: int) -> None:
+        child = self._requests.get((route, status))
+        if child is None:
+            child = self._requests[(route, status)] = M.SERVING_REQUESTS.labels(route, str(status))
+        child.inc()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        route = scope["path"] if scope["path"] in M.SERVING_ROUTES else "other"
+        route = scope["path"] if scope["path"] in self._seconds else "other"
+        if self.rank is not None and route == "/rank" and scope["method"] == "POST":
+            await self._rank(scope, receive, send, t0)
+            return
         status = [500]
 
         async def send_status(message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                M.SERVING_REQUEST_SECONDS.labels(route).observe(time.perf_counter() - t0)
+                self._seconds[route].observe(time.perf_counter() - t0)
             await send(message)
 
         try:
             body = await self._read_body(scope, receive)
             if body is None:
                 await _too_large(send_status, self.max_bytes)
-                return
-            if self.rank is not None and route == "/rank" and scope["method"] == "POST":
-                auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
-                code, payload, headers = await self.rank(body, auth)
-                await _respond(send_status, code, payload, headers)
                 return
             replayed = [False]
 
@@ -209,7 +217,21 @@ class LimitsAndMetrics:
 
             await self.app(scope, replay, send_status)
         finally:
-            M.SERVING_REQUESTS.labels(route, str(status[0])).inc()
+            self._count(route, status[0])
+
+    async def _rank(self, scope, receive, send, t0: float) -> None:
+        code = 500
+        try:
+            body = await self._read_body(scope, receive)
+            if body is None:
+                code, payload, headers = 413, _detail(f"request body larger than {self.max_bytes} bytes"), []
+            else:
+                auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+                code, payload, headers = await self.rank(body, auth)
+            self._seconds["/rank"].observe(time.perf_counter() - t0)
+            await _respond(send, code, payload, headers)
+        finally:
+            self._count("/rank", code)
 
     async def _read_body(self, scope, receive) -> bytes | None:
         for name, value in scope.get("headers", ()):
@@ -244,8 +266,9 @@ async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, by
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(ranker: Ranker, settings: Settings, on_close: Optional[Callable[[], None]] = None) -> FastAPI:
-    """The FastAPI application serving ``ranker``; ``on_close`` runs at shutdown."""
+def create_app(ranker: Ranker, settings: Settings, on_close: Optional[Callable[[], None]] = None) -> LimitsAndMetrics:
+    """The ASGI application serving ``ranker`` (the FastAPI application behind the limits and
+    metrics layer, at ``.api``); ``on_close`` runs at shutdown."""
     handler = RankHandler(ranker, settings)
 
     async def authorize(request: Request) -> None:  # async: no thread-pool hop per request
@@ -314,8 +337,7 @@ def create_app(ranker: Ranker, settings: Settings, on_close: Optional[Callable[[
         return Response(payload, status_code=code, media_type="application/json",
                         headers={k.decode(): v.decode() for k, v in headers})
 
-    app.add_middleware(LimitsAndMetrics, max_bytes=settings.serve_max_body_bytes, rank=handler)
-    return app
+    return LimitsAndMetrics(app, settings.serve_max_body_bytes, rank=handler)
 
 
 class _Unauthorized(Exception):

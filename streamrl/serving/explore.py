@@ -32,6 +32,31 @@ def greedy_order(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, kind="stable")
 
 
+def slate_order(scores: np.ndarray, m: int) -> np.ndarray:
+    """A permutation of the candidates whose first ``m`` are :func:`greedy_order`'s first ``m``;
+    the rest follow in request order. Every sampler here treats greedy ranks ``>= m`` (``m``: the
+    slate, or the softmax pool if larger) as exchangeable, so they need no sort: a partition
+    finds the ``m``-th score, and only the ``m`` best are sorted.
+
+    >>> scores = np.arange(100.0) % 7
+    >>> slate_order(scores, 3)[:3].tolist(), sorted(slate_order(scores, 3)[3:].tolist())[:4]
+    ([6, 13, 20], [0, 1, 2, 3])
+    """
+    n = len(scores)
+    if m >= n or n <= 64:
+        return greedy_order(scores)
+    neg = -scores
+    kth = np.partition(neg, m - 1)[m - 1]
+    if np.isnan(kth):
+        return greedy_order(scores)
+    better = np.flatnonzero(neg < kth)
+    top = np.concatenate([better, np.flatnonzero(neg == kth)[:m - len(better)]])   # ties: request order
+    top = top[np.argsort(neg[top], kind="stable")]
+    rest = np.ones(n, dtype=np.bool_)
+    rest[top] = False
+    return np.concatenate([top, np.flatnonzero(rest)])
+
+
 @lru_cache(maxsize=512)
 def epsilon_marginals(n: int, k: int, eps: float) -> np.ndarray:
     """``(n, k)`` matrix: probability that the candidate of greedy rank ``r`` fills slot ``j``.
@@ -144,7 +169,7 @@ def sample_slate(scores: np.ndarray, k: int, mode: str, rng: np.random.Generator
 def _sample_slate(scores: np.ndarray, k: int, mode: str, rng: np.random.Generator, epsilon: float,
                   temperature: float, pool: int) -> tuple[np.ndarray, np.ndarray]:
     n = len(scores)
-    order = greedy_order(scores)
+    order = slate_order(scores, max(k, pool) if mode == "softmax" else k)
     if mode == "greedy" or n == 1 or (mode == "epsilon" and epsilon == 0.0):
         return order[:k], np.ones(k)
     if mode == "epsilon":

@@ -88,7 +88,9 @@ def run_server(settings: Settings) -> None:
     """
     import uvicorn
 
-    common = dict(host=settings.serve_host, port=settings.serve_port, log_level="warning", access_log=False)
+    # no access log, no proxy-header rewriting (client addresses are not used), no server header
+    common = dict(host=settings.serve_host, port=settings.serve_port, log_level="warning", access_log=False,
+                  proxy_headers=False, server_header=False)
     if settings.serve_workers > 1:
         os.environ.update(settings.to_env())
         uvicorn.run("streamrl.serving.server:app_from_env", factory=True, workers=settings.serve_workers, **common)

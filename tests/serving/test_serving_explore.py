@@ -18,7 +18,8 @@ from serving_snapshots import catalog_text, make_snapshot
 from streamrl.config import Settings
 from streamrl.consumers.state import UserState
 from streamrl.consumers.store import open_store
-from streamrl.serving.explore import epsilon_marginals, plackett_luce_marginals, sample_slate
+from streamrl.serving.explore import (epsilon_marginals, greedy_order, plackett_luce_marginals, sample_slate,
+                                      slate_order)
 from streamrl.serving.ranker import Ranker
 
 
@@ -72,6 +73,36 @@ def test_marginals_are_distributions_over_slots_and_items():
 def test_greedy_slate_is_top_k_with_certain_propensities():
     picked, props = sample_slate(np.array([0.1, 3.0, 2.0, -1.0]), 3, "greedy", np.random.default_rng(0))
     assert picked.tolist() == [1, 2, 0] and props.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_slate_order_keeps_the_greedy_prefix_with_ties_in_request_order():
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        n, m = int(rng.integers(65, 300)), int(rng.integers(1, 30))
+        scores = (rng.integers(0, 20, n) if trial % 2 else rng.standard_normal(n)).astype(np.float32)
+        order = slate_order(scores, m)
+        assert order[:m].tolist() == greedy_order(scores)[:m].tolist()
+        assert sorted(order.tolist()) == list(range(n))
+
+
+def test_epsilon_slates_of_many_candidates_match_their_propensities():
+    """Beyond the sorted prefix (n > 64): each returned propensity is the exact marginal of the
+    item's greedy rank, and observed (item, slot) frequencies agree with it."""
+    rng = np.random.default_rng(11)
+    scores = np.round(rng.standard_normal(100), 1).astype(np.float32)   # ties included
+    n, k, eps, draws = len(scores), 3, 0.6, 20000
+    rank = np.empty(n, dtype=np.int64)
+    rank[greedy_order(scores)] = np.arange(n)
+    marg = epsilon_marginals(n, k, eps)
+    counts = np.zeros((n, k))
+    for _ in range(draws):
+        picked, props = sample_slate(scores, k, "epsilon", rng, epsilon=eps)
+        assert len(set(picked.tolist())) == k
+        np.testing.assert_allclose(props, marg[rank[picked], np.arange(k)], rtol=1e-12)
+        counts[picked, np.arange(k)] += 1
+    expect = draws * marg[rank]                                          # (item, slot)
+    sd = np.sqrt(expect * (1 - expect / draws))
+    assert (np.abs(counts - expect) <= 4.5 * sd + 1).all()
 
 
 def _ranker_with_user(tmp_path, mode: str, seed: int) -> Ranker:
