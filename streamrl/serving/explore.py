@@ -94,13 +94,15 @@ def sample_epsilon(n: int, k: int, eps: float, rng: np.random.Generator) -> list
     """Greedy ranks placed in slots ``0..k-1`` by the ε-greedy slate sampler.
 
     Slot ``j`` explores with probability ε, then takes a uniform one of the ``n - j`` remaining
-    ranks, else the best remaining one; every slot's coin and draw come from one vectorised call.
+    ranks, else the best remaining one. The slots' coins come from one vectorised call; only the
+    exploring slots draw a rank.
     """
     k = min(k, n)
     explore = (rng.random(k) < eps).tolist()
-    draws = rng.integers(0, np.arange(n, n - k, -1)).tolist()    # uniform in [0, n - j) for slot j
+    if not any(explore):
+        return list(range(k))
     remaining = list(range(n))
-    return [remaining.pop(d if e else 0) for e, d in zip(explore, draws)]
+    return [remaining.pop(int(rng.integers(n - j)) if e else 0) for j, e in enumerate(explore)]
 
 
 def plackett_luce_marginals(weights: np.ndarray, k: int) -> np.ndarray:
