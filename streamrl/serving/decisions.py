@@ -55,6 +55,7 @@ class DecisionLog:
         self._lock = threading.Lock()          # one writer at a time: the ranker or the drainer
         self._dead = False
         self.max_pending = max_pending
+        self._sent, self._failed = M.SERVING_DECISIONS.labels("sent"), M.SERVING_DECISIONS.labels("failed")
         self._stop = threading.Event()
         self._drain_s = drain_s
         self._thread = threading.Thread(target=self._drain, name="decisions-drain", daemon=True)
@@ -62,10 +63,10 @@ class DecisionLog:
 
     def log(self, key: bytes, value: bytes) -> None:
         if len(self._queue) >= self.max_pending or self._dead:
-            M.SERVING_DECISIONS.labels("failed").inc()
+            self._failed.inc()
             return
         self._queue.append(struct.pack("<HI", len(key), len(value)) + key + value)
-        M.SERVING_DECISIONS.labels("sent").inc()
+        self._sent.inc()
 
     def flush(self) -> None:
         """Write as many queued frames as the pipe takes now (never waits)."""

@@ -110,27 +110,27 @@ class Ranker:
         todo = []
         for n, (user_id, candidates, k) in enumerate(requests):
             try:
-                rows, known = self.lookup(policy, candidates)
+                rows, known, unknown = self.lookup(policy, candidates)
             except (BadRankRequest, InvalidCandidates) as e:
                 out[n] = e
                 continue
             history = self.history(user_id)
-            todo.append((n, history, rows, known))
+            todo.append((n, history, rows, known, unknown))
         scored = [t for t in todo if len(t[3])]
         scores = []
         if scored:
             states = np.concatenate([policy.state(t[1] or []) for t in scored])
             scores = policy.score_many(states, [t[2][t[3]] for t in scored])
         by_request = {t[0]: sc for t, sc in zip(scored, scores)}
-        for n, history, rows, known in todo:
+        for n, history, _, known, unknown in todo:
             user_id, candidates, k = requests[n]
-            out[n] = self._slate(policy, user_id, candidates, k, history, rows, known, by_request.get(n))
+            out[n] = self._slate(policy, user_id, candidates, k, history, known, unknown, by_request.get(n))
         if self.decisions is not None:
             self.decisions.flush()          # the batch's decisions to the producer child in one write
         return out
 
-    def lookup(self, policy: Policy, candidates: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Model rows of ``candidates`` (-1: unknown) and the indices of the known ones.
+    def lookup(self, policy: Policy, candidates: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Model rows of ``candidates`` (-1: unknown), the indices of the known ones and of the others.
 
         Raises BadRankRequest for a repeated id and InvalidCandidates for an id that breaks the
         schema: ids the policy knows were checked at load (``policy.longest_id``), so only the
@@ -143,30 +143,30 @@ class Ranker:
             raise InvalidCandidates("a candidate is not a string") from None
         is_known = rows >= 0
         known = np.flatnonzero(is_known)
-        unknown = [candidates[j] for j in np.flatnonzero(~is_known).tolist()]
+        unknown_at = np.flatnonzero(~is_known).tolist()
+        unknown = [candidates[j] for j in unknown_at]
         checked = candidates if policy.longest_id > limit else unknown
         for c in checked:
             if type(c) is not str or not 0 < len(c) <= limit:
                 raise InvalidCandidates("a candidate is not a string of 1 to max_id_bytes characters")
         if _repeats(rows[known], policy.scorer.vectors.shape[0]) or len(set(unknown)) != len(unknown):
             raise BadRankRequest("candidates contain duplicate item ids")
-        return rows, known
+        return rows, known, unknown_at
 
     def _slate(self, policy: Policy, user_id: str, candidates: list[str], k: int, history: list[str] | None,
-               rows: np.ndarray, known: np.ndarray, scores: np.ndarray | None) -> dict[str, Any]:
+               known: np.ndarray, unknown: list[int], scores: np.ndarray | None) -> dict[str, Any]:
         """Explore over the scored candidates, append the unscored ones, log the decision."""
         s = self.settings
         cold = not history
-        unknown = np.flatnonzero(rows < 0)
         k = min(k, len(candidates))
         items: list[dict[str, Any]] = []
         if scores is not None:
             picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
                                          temperature=s.serve_temperature, pool=s.serve_softmax_pool)
-            for pos, (i, p) in enumerate(zip(picked.tolist(), props.tolist())):
-                items.append({"item_id": candidates[known[i]], "score": float(scores[i]), "position": pos,
-                              "propensity": p, "unscored": False})
-        for j in unknown[:k - len(items)].tolist():   # no id, no text: last, flagged, certain
+            for pos, (j, sc, p) in enumerate(zip(known[picked].tolist(), scores[picked].tolist(), props.tolist())):
+                items.append({"item_id": candidates[j], "score": sc, "position": pos, "propensity": p,
+                              "unscored": False})
+        for j in unknown[:k - len(items)]:            # no id, no text: last, flagged, certain
             items.append({"item_id": candidates[j], "score": None, "position": len(items), "propensity": 1.0,
                           "unscored": True})
         M.SERVING_CANDIDATES.observe(len(candidates))
