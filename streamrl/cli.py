@@ -101,18 +101,60 @@ def _int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _sim_config(args: argparse.Namespace) -> "SimConfig":
+    from streamrl.producers.simulator import SimConfig
+
+    return SimConfig(n_users=args.users, n_items=args.items, seed=args.seed,
+                     policy=getattr(args, "policy", "random"),
+                     drift_at=sorted(n for chunk in args.drift_at or [] for n in chunk))
+
+
+def _add_world_args(parser: argparse.ArgumentParser, users: int = 2000) -> None:
+    """The simulated world's flags (shared by simulate, baselines and demo: same world, same flags)."""
+    parser.add_argument("--users", type=int, default=users, help=f"simulated users [default: {users}]")
+    parser.add_argument("--items", type=int, default=1000, help="catalog items [default: 1000]")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the whole world and stream [default: 0]")
+    parser.add_argument("--drift-at", type=_int_list, action="append", metavar="N[,N...]",
+                        help="event counts at which every user's interests drift (repeatable or comma list)")
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import json
+    import threading
 
     from streamrl.metrics import serve
-    from streamrl.producers.simulator import SimConfig, run_simulate
+    from streamrl.producers.simulator import run_simulate
 
     settings = settings_from_args(args)
     serve(settings.metrics_port, default=9404)
-    cfg = SimConfig(n_users=args.users, n_items=args.items, seed=args.seed, policy=args.policy,
-                    drift_at=sorted(n for chunk in args.drift_at or [] for n in chunk))
-    summary = run_simulate(settings, cfg, args.events, out_path=args.out, catalog_out=args.catalog_out)
+    cfg = _sim_config(args)
+    if args.ranker_url:
+        from streamrl.producers.closed_loop import run_closed_loop
+
+        if not args.run_dir:
+            raise SystemExit("--ranker-url needs --run-dir (where the closed loop records its figures)")
+        stop = threading.Event()
+        stop_on_signals(stop.set)
+        summary = run_closed_loop(settings, cfg, args.events, args.ranker_url, args.run_dir,
+                                  max_seconds=args.max_seconds, rate=args.rate, stop=stop)
+    else:
+        summary = run_simulate(settings, cfg, args.events, out_path=args.out, catalog_out=args.catalog_out)
     print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _cmd_baselines(args: argparse.Namespace) -> int:
+    import json
+    import threading
+
+    from streamrl.producers.closed_loop import run_arms
+
+    settings = settings_from_args(args)
+    stop = threading.Event()
+    stop_on_signals(stop.set)
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    counts = run_arms(settings, _sim_config(args), args.events, args.run_dir, arms=arms, follow=args.follow, stop=stop)
+    print(json.dumps(counts), flush=True)
     return 0
 
 
@@ -152,18 +194,21 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import json
+    from dataclasses import fields
     from pathlib import Path
 
-    from streamrl.demo import render, run_demo
-    from streamrl.producers.simulator import SimConfig
+    from streamrl.demo import DemoConfig, explicit_settings, render, run_demo
 
     settings = settings_from_args(args)
     run_dir = Path(args.run_dir or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
-    cfg = SimConfig(n_users=args.users, seed=args.seed, policy=args.policy,
-                    drift_at=sorted(n for chunk in args.drift_at or [] for n in chunk))
-    summary = run_demo(settings, cfg, args.events, run_dir, progress=not args.json)
-    print(json.dumps(summary) if args.json else render(summary), flush=True)
-    print(f"[demo] run directory: {run_dir}", file=sys.stderr)
+    given = {f.name for f in fields(Settings) if getattr(args, f.name, None) is not None}
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    demo = DemoConfig(events=args.events, duration_s=args.duration, rate=args.rate, arms=arms)
+    summary = run_demo(settings, _sim_config(args), run_dir, demo, explicit=explicit_settings(given),
+                       progress=not args.quiet)
+    print(json.dumps(summary) if args.json else render(summary, run_dir), flush=True)
+    print(f"[demo] run directory: {run_dir} (report.md, reward.png, summary.json, one log per process)",
+          file=sys.stderr)
     return 0
 
 
@@ -196,21 +241,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_args(pr, PROCESS_FLAGS)
     pr.set_defaults(func=_cmd_process)
 
-    sm = sub.add_parser("simulate", help="simulated users: write the catalog, produce view/click/purchase events")
+    sm = sub.add_parser("simulate", help="simulated users: write the catalog, produce view/click/purchase events "
+                        "(open loop with a built-in policy, or closed loop against a ranker with --ranker-url)")
     sm.add_argument("--events", type=int, default=100_000, help="events to produce [default: 100000]")
-    sm.add_argument("--users", type=int, default=2000, help="simulated users [default: 2000]")
-    sm.add_argument("--items", type=int, default=1000, help="catalog items [default: 1000]")
-    sm.add_argument("--seed", type=int, default=0, help="seed of the whole world and stream [default: 0]")
+    _add_world_args(sm)
     sm.add_argument("--policy", choices=("random", "popularity"), default="random",
-                    help="built-in feed policy serving the slates [default: random]")
-    sm.add_argument("--drift-at", type=_int_list, action="append", metavar="N[,N...]",
-                    help="event counts at which users' interests drift (repeatable or comma list)")
+                    help="built-in feed policy serving the slates (open loop) [default: random]")
     sm.add_argument("--out", default=None, metavar="PATH",
                     help="write events to this JSONL file instead of Kafka")
     sm.add_argument("--catalog-out", default=None, metavar="PATH",
                     help="write the item catalog (JSONL) here [default: --catalog-path, else not written]")
-    add_settings_args(sm, KAFKA_FLAGS + ["catalog_path", "max_request_bytes"])
+    sm.add_argument("--ranker-url", default=None, metavar="URL",
+                    help="closed loop: ask this ranking service for every slate (random slates until it is ready); "
+                         "needs --run-dir")
+    sm.add_argument("--run-dir", default=None, metavar="DIR",
+                    help="closed loop: where curves.jsonl, loop.json (status), produced_wall.npy and served_at.json go")
+    sm.add_argument("--max-seconds", type=float, default=None, help="closed loop: stop after this many seconds")
+    sm.add_argument("--rate", type=float, default=0.0,
+                    help="closed loop: most events per second (0: as fast as the ranker serves) [default: 0]")
+    add_settings_args(sm, KAFKA_FLAGS + ["catalog_path", "max_request_bytes", "serve_token",
+                                         "reward_view", "reward_click", "reward_purchase"])
     sm.set_defaults(func=_cmd_simulate)
+
+    bl = sub.add_parser("baselines", help="baseline arms (oracle, river, popularity, random) on in-process copies "
+                        "of the simulated world; reward curves to RUN_DIR/curves.jsonl")
+    bl.add_argument("--events", type=int, default=100_000, help="events per arm [default: 100000]")
+    _add_world_args(bl)
+    bl.add_argument("--arms", default=",".join(("oracle", "river", "popularity", "random")),
+                    help="comma list of arms [default: oracle,river,popularity,random]")
+    bl.add_argument("--run-dir", required=True, metavar="DIR", help="where curves.jsonl goes")
+    bl.add_argument("--follow", action="store_true",
+                    help="keep pace with the closed loop's RUN_DIR/loop.json and end at its final event count")
+    add_settings_args(bl, ["reward_view", "reward_click", "reward_purchase", "log_level"])
+    bl.set_defaults(func=_cmd_baselines)
 
     rp = sub.add_parser("replay", help="replay an event log (JSONL or RetailRocket CSV) into Kafka in event-time order")
     rp.add_argument("file", metavar="FILE", help="event log: .jsonl (event contract) or RetailRocket events.csv")
@@ -219,17 +282,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_args(rp, KAFKA_FLAGS + ["catalog_path", "max_request_bytes"])
     rp.set_defaults(func=_cmd_replay)
 
-    dm = sub.add_parser("demo", help="end-to-end run: embedded broker, simulator -> Kafka -> processor, summary")
-    dm.add_argument("--events", type=int, default=100_000, help="events to simulate [default: 100000]")
-    dm.add_argument("--users", type=int, default=2000, help="simulated users [default: 2000]")
-    dm.add_argument("--seed", type=int, default=0, help="simulator seed [default: 0]")
-    dm.add_argument("--policy", choices=["random", "popularity"], default="random",
-                    help="feed policy of the open-loop simulator [default: random]")
-    dm.add_argument("--drift-at", type=_int_list, action="append", metavar="N[,N...]",
-                    help="event counts at which users' interests drift (repeatable)")
+    dm = sub.add_parser("demo", help="the closed loop on one machine: broker, processor, learner, ranker and "
+                        "simulated users as processes, against baselines; live progress, report and plot")
+    dm.add_argument("--events", type=int, default=300_000, help="event budget of each arm [default: 300000]")
+    dm.add_argument("--duration", type=float, default=130.0, metavar="SECONDS",
+                    help="longest the closed loop runs; the demo ends at the budget or this, whichever is first "
+                         "[default: 130]")
+    _add_world_args(dm, users=500)
+    dm.add_argument("--rate", type=float, default=0.0,
+                    help="most events per second of the closed loop (0: as fast as the ranker serves) [default: 0]")
+    dm.add_argument("--arms", default="oracle,river,popularity,random",
+                    help="baseline arms, comma list ('' for none) [default: oracle,river,popularity,random]")
     dm.add_argument("--run-dir", default=None, help="where the run's files go [default: runs/demo-<time>]")
     dm.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    add_settings_args(dm, KAFKA_FLAGS + ["attribution_window_ms", "history_len", "reward_click", "reward_purchase"])
+    dm.add_argument("--quiet", action="store_true", help="no live progress on stderr")
+    add_settings_args(dm, KAFKA_FLAGS + ["attribution_window_ms", "idle_timeout_ms", "commit_interval_ms",
+                                         "history_len", "reward_view", "reward_click", "reward_purchase",
+                                         "state_store", "cache_dir", "serve_exploration", "serve_epsilon",
+                                         "serve_temperature", "serve_token"])
     dm.set_defaults(func=_cmd_demo)
 
     sv = sub.add_parser("serve", help="ranking service: POST /rank with the newest verified policy snapshot")

@@ -23,6 +23,9 @@ class LearnerConfig:
     """Hidden size of the GRU state encoder."""
     history_len: int = 20
     """Items of history fed to the state encoder (the most recent ones; older ones are cut)."""
+    encoder: str = "gru"
+    """State encoder: 'gru' (a GRU over the history, order-aware) or 'mean' (a projection of the mean
+    item vector: order-free, several times cheaper per update, generalises from fewer rewards)."""
     text_dim: int = 384
     """Width of the frozen text embedding of an item (MiniLM: 384)."""
     q_weight: float = 1.0
@@ -95,6 +98,10 @@ class LearnerConfig:
     """Most recent held-out transitions evaluated at each gate."""
     eval_negatives: int = 100
     """Random items each rewarded action is ranked against for HR/NDCG@10 (0: the whole catalog)."""
+    gate_baseline: str = "published"
+    """What a candidate must not trail: 'published' (the serving policy, on held-out data) or 'popularity'
+    (the popularity scorer on the same data). In a closed loop the published policy chose the very
+    items it is evaluated on, which favours it; 'popularity' is the unbiased bar there."""
     gate_tolerance: float = 0.02
     """The candidate may trail the published policy's HR@10 and NDCG@10 by at most this much (absolute)."""
     snips_tolerance: float = 0.05
@@ -125,6 +132,10 @@ class LearnerConfig:
             raise ValueError("gamma must be in [0, 1)")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError("holdout_fraction must be in [0, 1)")
+        if self.encoder not in ("gru", "mean"):
+            raise ValueError("encoder must be 'gru' or 'mean'")
+        if self.gate_baseline not in ("published", "popularity"):
+            raise ValueError("gate_baseline must be 'published' or 'popularity'")
         if self.drift_response not in ("recent", "none"):
             raise ValueError("drift_response must be 'recent' or 'none'")
         if self.capacity < self.batch_size:

@@ -77,6 +77,7 @@ class Learner:
         self.last_version = 0
         self.seen = 0                       # training transitions ever ingested (not refills)
         self.consumed: dict[int, int] = {}  # partition -> next offset to read
+        self.trained_offsets: dict[int, int] = {}  # ``consumed`` as of the last gradient step
         self.refill_until: dict[int, int] = {}
         self.published: QNetwork | None = None
         self.published_eval: dict[str, Any] | None = None
@@ -86,6 +87,7 @@ class Learner:
         self.owed = 0.0
         self._stopping = False
         self._catalog_mtime = 0.0
+        self._gated_step = -1
         M.precreate_learner_series()
         state = load_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
         self._build(state)
@@ -97,11 +99,11 @@ class Learner:
     def _build(self, state: dict[str, Any] | None) -> None:
         cfg = self.cfg
         if state is not None:
-            shape = ("dim", "hidden", "text_dim", "history_len")
+            shape = ("dim", "hidden", "text_dim", "history_len", "encoder")
             saved = {k: state["config"].get(k) for k in shape}
             if saved != {k: getattr(cfg, k) for k in shape}:
                 raise CheckpointError(f"checkpoint in {self.checkpoint_dir} has network shape {saved}; "
-                                      "start with the same --dim/--hidden/--history-len or a new --learner-dir")
+                                      "start with the same --dim/--hidden/--history-len/--encoder or a new --learner-dir")
             self.vocab = ItemVocab.from_state_dict(state["vocab"], cfg.text_dim)
         rows = state["model"]["item_id.weight"].shape[0] if state else self.vocab.text.shape[0]
         self.vocab._reserve(rows)
@@ -213,6 +215,7 @@ class Learner:
                 if not self.boost_left:
                     self.buffer.recent_share = 0.0
         if applied:
+            self.trained_offsets = dict(self.consumed)
             M.LEARNER_UPDATES.inc(applied)
             M.LEARNER_LOSS.labels("total").set(r.loss)
             M.LEARNER_LOSS.labels("td").set(r.td_loss)
@@ -274,19 +277,21 @@ class Learner:
 
     def maybe_publish(self, publisher) -> int | None:
         """Run the gate; publish a snapshot when it passes. Returns the new version or None."""
-        if self.seen < self.cfg.min_transitions_to_publish or self.train_step == 0:
-            return None
+        if self.seen < self.cfg.min_transitions_to_publish or self.train_step in (0, self._gated_step):
+            return None  # nothing to publish, or nothing new since the last gate
         if not self.weights_finite():
             self.rollback()
             return None
+        self._gated_step = self.train_step
         figures = self.evaluate()
         if figures is None:
             return None
-        ok, reason = gate(figures["candidate"], figures.get("published"), self.cfg)
+        reference = figures.get("published") if self.cfg.gate_baseline == "published" else figures["popularity"]
+        ok, reason = gate(figures["candidate"], reference, self.cfg)
         M.LEARNER_GATES.labels("published" if ok else "rejected").inc()
         if not ok:
-            log.info("gate rejected candidate at step %d (%s): %s vs published v%d %s", self.train_step, reason,
-                     figures["candidate"], self.last_version, figures.get("published"))
+            log.info("gate rejected candidate at step %d (%s): %s vs %s %s", self.train_step, reason,
+                     figures["candidate"], self.cfg.gate_baseline, reference)
             return None
         version = self.last_version + 1
         t0 = time.monotonic()
@@ -295,7 +300,10 @@ class Learner:
                 "created_at_ms": int(time.time() * 1000),
                 "eval": {k: v.to_dict() for k, v in figures.items()} | {"gate": reason, "eval_seed": self.train_step},
                 "model_config": {**self.online.cfg.to_dict(), "n_items": len(item_ids)},
-                "hyperparameters": self.cfg.to_dict(), "transitions_seen": self.seen}
+                "hyperparameters": self.cfg.to_dict(), "transitions_seen": self.seen,
+                # transitions partition -> next offset: every transition below it was in the buffer
+                # that the last gradient step sampled from (how freshness is measured)
+                "trained_offsets": {str(p): o for p, o in sorted(self.trained_offsets.items())}}
         try:
             publisher.publish(version, tensors, meta, item_ids)
         except KafkaError as e:  # the version is burned: a retry goes above any chunks already sent

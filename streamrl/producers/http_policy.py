@@ -40,8 +40,10 @@ class HttpRankerPolicy:
         self.served_at: dict[int, float] = {}  # policy version -> wall time it was first served
         self._conn: http.client.HTTPConnection | None = None
 
-    def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        for attempt in range(self.retries + 1):
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 retries: int | None = None) -> tuple[int, bytes]:
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             try:
                 if self._conn is None:
                     self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
@@ -52,21 +54,24 @@ class HttpRankerPolicy:
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
-                if attempt == self.retries:
+                if attempt == retries:
                     raise RankerUnavailable(f"{method} {path}: {e}") from e
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def ready(self) -> bool:
+        """One ``GET /readyz``: true when the ranker answers and has a verified policy loaded."""
+        try:
+            return self._request("GET", "/readyz", retries=0)[0] == 200
+        except RankerUnavailable:
+            return False
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until the ranker has a verified policy loaded."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            try:
-                status, _ = self._request("GET", "/readyz")
-                if status == 200:
-                    return
-            except RankerUnavailable:
-                pass
+            if self.ready():
+                return
             time.sleep(0.25)
         raise RankerUnavailable(f"ranker at {self.host}:{self.port} not ready after {timeout_s}s")
 

@@ -261,3 +261,61 @@ def test_metrics_exported_after_training(tmp_path):
         assert n in names, n
     assert REGISTRY.get_sample_value("streamrl_learner_buffer_transitions", {"ring": "train"}) == len(lr.buffer)
     assert REGISTRY.get_sample_value("streamrl_learner_eval", {"policy": "candidate", "metric": "hr10"}) is not None
+
+
+def test_mean_encoder_trains_publishes_and_serves_the_same_scores(tmp_path):
+    """encoder='mean': the order-free state encoder learns, its snapshot rebuilds exactly, and a
+    checkpoint of one encoder is refused by a learner configured with the other."""
+    from streamrl.learner.policy import load_policy
+    from streamrl.producers.snapshot import Snapshot
+
+    lr = learner(tmp_path, encoder="mean", q_weight=5.0)
+    assert not hasattr(lr.online, "gru")
+    before = lr.train(0)
+    lr.train(60)
+    assert before == 0 and lr.train_step == 60
+    pub = FakePublisher()
+    assert lr.maybe_publish(pub) == 1
+    version, meta, item_ids = pub.sent[0]
+    assert meta["model_config"]["encoder"] == "mean"
+    tensors, _ = lr.snapshot_tensors()
+    policy = load_policy(Snapshot(version, meta, b"", tensors, item_ids))
+    hist, cands = ["i1-3", "i1-4"], ["i1-5", "i2-5", "i3-1"]
+    idx = lambda ids: torch.tensor([lr.vocab.index[i] for i in ids])  # noqa: E731
+    with torch.no_grad():
+        state = torch.tensor([[0] * (lr.cfg.history_len - 2) + idx(hist).tolist()])
+        want = lr.online.score(state, idx(cands))[0].numpy()
+    assert np.allclose(policy.score(hist, cands), want, atol=1e-5)
+    with pytest.raises(Exception, match="encoder"):
+        Learner(None, LearnerConfig(**{**CFG, "encoder": "gru"}), checkpoint_dir=str(tmp_path))
+
+
+def test_snapshot_metadata_records_the_transition_offsets_it_trained_on():
+    lr = learner(n=0)
+    lr.ingest(data(300), partition=2, offset=0)
+    lr.consumed[2] = 1
+    lr.ingest(data(300, start=300), partition=2, offset=1)
+    lr.consumed[2] = 2
+    lr.train(5)
+    lr.ingest(data(300, start=600), partition=2, offset=2)
+    lr.consumed[2] = 3  # arrived after the last step: not trained on yet
+    pub = FakePublisher()
+    assert lr.maybe_publish(pub) == 1
+    assert pub.sent[0][1]["trained_offsets"] == {"2": 2}
+    assert lr.maybe_publish(pub) is None  # no step since the last gate: no new gate
+
+
+def test_gate_against_popularity_in_a_closed_loop():
+    """gate_baseline='popularity': the bar is the popularity scorer on the same held-out data
+    (the published policy chose those items itself), so a useless candidate is still refused."""
+    lr = learner(n=3000, gate_baseline="popularity", gate_tolerance=0.1)
+    lr.train(200)
+    pub = FakePublisher()
+    assert lr.maybe_publish(pub) == 1 and pub.sent[0][1]["eval"]["gate"] == "pass"
+    with torch.no_grad():
+        for p in (lr.online.item_id.weight, lr.online.text_proj.weight, lr.online.item_bias.weight):
+            p.zero_()
+    lr.train_step += 1
+    assert lr.maybe_publish(pub) is None
+    with pytest.raises(ValueError, match="gate_baseline"):
+        LearnerConfig(gate_baseline="nope").validate()

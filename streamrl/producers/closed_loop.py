@@ -1,0 +1,222 @@
+"""The two kinds of traffic ``streamrl demo`` runs: the closed loop and the baseline arms.
+
+**Learned arm** (:func:`run_closed_loop`, ``streamrl simulate --ranker-url URL``): simulated users
+ask the ranking service for every slate over HTTP (random slates, propensity 1/n, until the
+ranker has a verified policy loaded, and whenever it fails to answer); their views, clicks and
+purchases go to Kafka, where the processor, learner and ranker close the loop. It records the
+arm's reward curve, the wall time each event was produced and the wall time each policy version
+was first served (what freshness is measured from), and a status file others pace themselves by.
+
+**Baseline arms** (:func:`run_arms`, ``streamrl baselines``): the same simulated world (same
+:class:`SimConfig`, seed, users, drift points) served in-process by the oracle, a river online
+model, online popularity and random. They never touch Kafka and never run ahead of the learned
+arm when they follow its status file, so every arm is compared over the same event counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from streamrl.config import Settings
+from streamrl.producers.http_policy import HttpRankerPolicy, RankerUnavailable
+from streamrl.producers.policies import Policy, PopularityPolicy, RandomPolicy, Ranking
+from streamrl.producers.simulator import SimConfig, Simulator
+from streamrl.report import CurveRecorder
+
+log = logging.getLogger(__name__)
+
+#: Files a run directory holds (one place for their names).
+CURVES, STATUS, PRODUCED, SERVED = "curves.jsonl", "loop.json", "produced_wall.npy", "served_at.json"
+BASELINE_ARMS = ("oracle", "river", "popularity", "random")
+
+
+def reward_weights(settings: Settings) -> dict[str, float]:
+    return {"view": settings.reward_view, "click": settings.reward_click, "purchase": settings.reward_purchase}
+
+
+class RankerWithFallback:
+    """The ranking service once it is ready; random slates (exact propensity 1/n) until then.
+
+    ``/readyz`` is asked at most every ``check_every_s``; a failed ``/rank`` falls back to a random
+    slate for that request and is counted in ``failures`` (the loop never stops for the ranker).
+    """
+
+    def __init__(self, url: str, token: str = "", seed: int = 0, check_every_s: float = 0.5) -> None:
+        self.http = HttpRankerPolicy(url, token=token, timeout_s=2.0, retries=1)
+        self.fallback = RandomPolicy(seed)
+        self.check_every_s = check_every_s
+        self.live = False
+        self.failures = 0
+        self.version: int | None = None
+        self.last_request_id: str | None = None
+        self._next_check = 0.0
+
+    @property
+    def served_at(self) -> dict[int, float]:
+        return self.http.served_at
+
+    def rank(self, user_id: str, candidates: list[str], k: int, ts: int) -> Ranking:
+        if not self.live and time.monotonic() >= self._next_check:
+            self.live = self.http.ready()
+            self._next_check = time.monotonic() + self.check_every_s
+            if self.live:
+                log.info("ranker ready: closed loop from now on")
+        if self.live:
+            try:
+                out = self.http.rank(user_id, candidates, k, ts)
+                self.version, self.last_request_id = self.http.version, self.http.last_request_id
+                return out
+            except RankerUnavailable as e:
+                self.failures += 1
+                self.live = False
+                log.warning("ranker failed (%s): random slates until it is ready again", e)
+        self.version = self.last_request_id = None
+        return self.fallback.rank(user_id, candidates, k, ts)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / STATUS).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_closed_loop(settings: Settings, cfg: SimConfig, max_events: int, ranker_url: str,
+                    run_dir: str | os.PathLike, max_seconds: float | None = None, rate: float = 0.0,
+                    window: int = 2000, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Simulate up to ``max_events`` events served by the ranker at ``ranker_url``, into Kafka.
+
+    Stops early at ``max_seconds`` or when ``stop`` is set. ``rate`` > 0 caps events per second.
+    Writes ``curves.jsonl`` (arm ``learned``), ``produced_wall.npy`` (wall time each event was
+    handed to the producer, by event sequence number), ``served_at.json`` and ``loop.json``.
+    """
+    from streamrl.kafka import ensure_topics
+    from streamrl.producers.sink import EventSink
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stop = stop or threading.Event()
+    policy = RankerWithFallback(ranker_url, token=settings.serve_token.reveal(), seed=cfg.seed)
+    sim = Simulator(cfg, policy=policy)
+    recorder = CurveRecorder(run_dir / CURVES, "learned", reward_weights(settings), window)
+    produced = np.full(max_events, np.nan)
+    ensure_topics(settings, ["events.view", "events.click", "events.purchase"])
+    started = last_status = time.monotonic()
+    n = 0
+
+    def status(done: bool) -> dict[str, Any]:
+        elapsed = time.monotonic() - started
+        doc = {"events": n, "seconds": round(elapsed, 2), "events_per_s": round(n / elapsed, 1) if elapsed else 0.0,
+               "policy_version": policy.version, "live": policy.live, "ranker_failures": policy.failures,
+               "drifts": sim.drifts, "done": done}
+        write_json_atomic(run_dir / STATUS, doc)
+        return doc
+
+    with EventSink(settings) as sink:
+        try:
+            for ev in sim.events(max_events):
+                sink.send(ev)
+                produced[n] = time.time()
+                n += 1
+                recorder.learn_one(ev)
+                now = time.monotonic()
+                if now - last_status >= 0.5:
+                    last_status = now
+                    status(False)
+                    if stop.is_set() or (max_seconds is not None and now - started >= max_seconds):
+                        break
+                if rate > 0 and n > rate * (now - started):
+                    time.sleep(min(0.05, n / rate - (now - started)))
+        finally:
+            recorder.flush()
+            policy.close()
+    np.save(run_dir / PRODUCED, produced[:n])
+    write_json_atomic(run_dir / SERVED, {str(v): t for v, t in sorted(policy.served_at.items())})
+    doc = status(True)
+    log.info("closed loop: %d events in %.1fs, last policy v%s, %d ranker failures", n, doc["seconds"],
+             policy.version, policy.failures)
+    return doc
+
+
+def arm_policy(arm: str, sim: Simulator, settings: Settings) -> Policy:
+    """The in-process policy of a baseline arm, built on its own simulator."""
+    from streamrl.producers.baselines import OraclePolicy, RiverCTRPolicy
+
+    if arm == "oracle":
+        return OraclePolicy(sim, settings.reward_click, settings.reward_purchase)
+    if arm == "river":
+        return RiverCTRPolicy({i["item_id"]: i["category"] for i in sim.catalog_items()})
+    if arm == "popularity":
+        return PopularityPolicy(settings.reward_purchase / max(settings.reward_click, 1e-9))
+    if arm == "random":
+        return RandomPolicy(sim.cfg.seed)
+    raise ValueError(f"unknown arm {arm!r} ({', '.join(BASELINE_ARMS)})")
+
+
+def run_arms(settings: Settings, cfg: SimConfig, max_events: int, run_dir: str | os.PathLike,
+             arms: tuple[str, ...] = BASELINE_ARMS, follow: bool = True, window: int = 2000,
+             stop: threading.Event | None = None, on_progress: Callable[[dict[str, int]], None] | None = None,
+             ) -> dict[str, int]:
+    """Run each baseline arm on its own copy of the simulated world, round-robin in small steps.
+
+    With ``follow``, no arm runs ahead of the learned arm's event count (``loop.json``), and the
+    run ends at the learned arm's final count; otherwise every arm runs ``max_events`` events.
+    Returns the events each arm produced.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stop = stop or threading.Event()
+    weights = reward_weights(settings)
+    streams, recorders, counts = {}, {}, {}
+    for arm in arms:
+        sim = Simulator(cfg)
+        sim.use_policy(arm_policy(arm, sim, settings))
+        streams[arm] = sim.events(max_events)
+        recorders[arm] = CurveRecorder(run_dir / CURVES, arm, weights, window)
+        counts[arm] = 0
+    step = max(1, window // 4)
+    target, final = (0, False) if follow else (max_events, True)
+    while not stop.is_set():
+        if follow:
+            st = read_status(run_dir)
+            if st is not None:
+                target, final = min(int(st["events"]), max_events), bool(st["done"])
+        moved = False
+        for arm in arms:
+            todo = min(step, target - counts[arm])
+            if todo <= 0:
+                continue
+            for ev in streams[arm]:
+                recorders[arm].learn_one(ev)
+                counts[arm] += 1
+                todo -= 1
+                moved = True
+                if todo <= 0:
+                    break
+        if on_progress is not None:
+            on_progress(dict(counts))
+        if final and all(c >= target for c in counts.values()):
+            break
+        if not moved:
+            time.sleep(0.2)
+    for rec in recorders.values():
+        rec.flush()
+    return counts
+
