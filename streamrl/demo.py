@@ -222,8 +222,8 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
     out["drift_recovered_after_events"] = None
     for row in arms["learned"]:
         end = row["events"]
-        if drift_at + span // 2 <= end <= drift_at + horizon:
-            r = _oracle_ratio(arms, max(drift_at, end - span), end)
+        if drift_at + span <= end <= drift_at + horizon:  # whole windows after the drift only
+            r = _oracle_ratio(arms, end - span, end)
             if r is not None and r >= 0.9 * pre:
                 out["drift_recovered_after_events"] = end - drift_at
                 break
