@@ -428,11 +428,18 @@ def _write_catalog(settings: Settings, cfg: SimConfig, say) -> None:
     say(f"[demo] catalog of {len(items)} items embedded ({time.monotonic() - t0:.1f}s, cache {settings.cache_dir})")
 
 
+def _newest_served(run_dir: Path) -> int | None:
+    try:
+        return max((int(v) for v in json.loads((run_dir / SERVED).read_text())), default=None)
+    except (OSError, ValueError):
+        return None
+
+
 def _figures(settings: Settings, cfg: SimConfig, run_dir: Path, seconds: float, interrupted: bool) -> dict[str, Any]:
     status = read_status(run_dir) or {}
     figures: dict[str, Any] = {"events": status.get("events", 0), "seconds": round(seconds, 1),
                                "closed_loop_events_per_s": status.get("events_per_s"),
-                               "policy_version": status.get("policy_version"),
+                               "policy_version": _newest_served(run_dir) or status.get("policy_version"),
                                "ranker_failures": status.get("ranker_failures"), "users": cfg.n_users,
                                "items": cfg.n_items, "seed": cfg.seed, "interrupted": interrupted}
     if cfg.drift_at:
