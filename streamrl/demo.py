@@ -72,6 +72,7 @@ DEMO_LEARNER: dict[str, Any] = {
     "min-transitions-to-publish": 3000,
     "min-buffer": 1000,
     "max-updates-per-poll": 4,
+    "updates-per-transition": 0.01,  # ~10 steps per 1000 events: more overfits the young buffer
     "checkpoint-interval-s": 30.0,
 }
 
