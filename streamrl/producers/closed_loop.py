@@ -47,9 +47,17 @@ class RankerWithFallback:
 
     ``/readyz`` is asked at most every ``check_every_s``; a failed ``/rank`` falls back to a random
     slate for that request and is counted in ``failures`` (the loop never stops for the ranker).
+
+    Like a feed client, it sends the items each user engaged with in the last ``session_ms`` of
+    event time as the request's session context (``recent``): simulated time runs far faster than
+    the wall clock, so a session's next request would otherwise reach the ranker before the
+    processor has applied the clicks of the previous one.
     """
 
-    def __init__(self, url: str, token: str = "", seed: int = 0, check_every_s: float = 0.5) -> None:
+    def __init__(self, url: str, token: str = "", seed: int = 0, check_every_s: float = 0.5,
+                 session_ms: int = 30 * 60 * 1000, recent_len: int = 10) -> None:
+        self.session_ms, self.recent_len = session_ms, recent_len
+        self.recent: dict[str, list[tuple[int, str]]] = {}
         self.http = HttpRankerPolicy(url, token=token, timeout_s=2.0, retries=1)
         self.fallback = RandomPolicy(seed)
         self.check_every_s = check_every_s
@@ -63,6 +71,17 @@ class RankerWithFallback:
     def served_at(self) -> dict[int, float]:
         return self.http.served_at
 
+    def learn_one(self, ev) -> None:
+        """Remember the user's engagement (the simulator calls this for every event it emits)."""
+        if ev.type != "view":
+            items = self.recent.setdefault(ev.user_id, [])
+            items.append((ev.ts, ev.item_id))
+            del items[:-self.recent_len]
+
+    def _session(self, user_id: str, ts: int) -> list[str] | None:
+        items = self.recent.get(user_id)
+        return [i for t, i in items if t >= ts - self.session_ms] or None if items else None
+
     def rank(self, user_id: str, candidates: list[str], k: int, ts: int) -> Ranking:
         if not self.live and time.monotonic() >= self._next_check:
             self.live = self.http.ready()
@@ -71,7 +90,7 @@ class RankerWithFallback:
                 log.info("ranker ready: closed loop from now on")
         if self.live:
             try:
-                out = self.http.rank(user_id, candidates, k, ts)
+                out = self.http.rank(user_id, candidates, k, ts, recent=self._session(user_id, ts))
                 self.version, self.last_request_id = self.http.version, self.http.last_request_id
                 return out
             except RankerUnavailable as e:

@@ -75,8 +75,12 @@ class HttpRankerPolicy:
             time.sleep(0.25)
         raise RankerUnavailable(f"ranker at {self.host}:{self.port} not ready after {timeout_s}s")
 
-    def rank(self, user_id: str, candidates: list[str], k: int, ts: int) -> Ranking:
-        body = json.dumps({"user_id": user_id, "candidates": candidates, "k": k}).encode()
+    def rank(self, user_id: str, candidates: list[str], k: int, ts: int, recent: list[str] | None = None) -> Ranking:
+        """One ``POST /rank``; ``recent`` is the client's session context (recently engaged items)."""
+        doc: dict = {"user_id": user_id, "candidates": candidates, "k": k}
+        if recent:
+            doc["recent"] = recent
+        body = json.dumps(doc).encode()
         status, raw = self._request("POST", "/rank", body)
         if status != 200:
             raise RankerUnavailable(f"/rank answered {status}: {raw[:300]!r}")

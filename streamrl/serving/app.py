@@ -49,7 +49,11 @@ def rank_request_model(settings: Settings) -> type[BaseModel]:
         candidates=(list[item_id], Field(min_length=1, max_length=settings.serve_max_candidates,
                                          json_schema_extra={"uniqueItems": True},
                                          description="Distinct item ids to rank (duplicates: 400).")),
-        k=(int, Field(10, ge=1, le=settings.serve_max_k, description="Slate size (capped at the candidate count).")))
+        k=(int, Field(10, ge=1, le=settings.serve_max_k, description="Slate size (capped at the candidate count).")),
+        recent=(Optional[list[item_id]], Field(None, max_length=settings.history_len,
+                                               description="Session context from the client: items the user engaged "
+                                                           "with most recently (oldest first). Appended to the stored "
+                                                           "history where the processor has not applied them yet.")))
 
 
 class RankBatcher:
@@ -68,9 +72,9 @@ class RankBatcher:
         self.last_batch = 1
         self.pending: list[tuple[tuple[str, list[str], int], asyncio.Future]] = []
 
-    async def rank(self, user_id: str, candidates: list[str], k: int) -> dict[str, Any]:
+    async def rank(self, user_id: str, candidates: list[str], k: int, recent: list[str] | None = None) -> dict[str, Any]:
         fut = asyncio.get_running_loop().create_future()
-        self.pending.append(((user_id, candidates, k), fut))
+        self.pending.append(((user_id, candidates, k, recent), fut))
         if len(self.pending) == 1:
             if self.linger_s and self.last_batch > 1:   # under load: wait for company
                 asyncio.get_running_loop().call_later(self.linger_s, self._flush)
@@ -109,9 +113,10 @@ class RankHandler:
         self.max_id = settings.max_id_bytes
         self.max_candidates = settings.serve_max_candidates
         self.max_k = settings.serve_max_k
+        self.max_recent = settings.history_len
 
-    def parse(self, body: bytes) -> tuple[str, list[Any], int] | None:
-        """``(user_id, candidates, k)`` of a body that is plainly well formed, else None (the schema
+    def parse(self, body: bytes) -> tuple[str, list[Any], int, list[str] | None] | None:
+        """``(user_id, candidates, k, recent)`` of a body that is plainly well formed, else None (the schema
         decides). The candidate ids themselves are checked by the ranker, which looks each one up
         anyway and only needs to check the few it does not know (InvalidCandidates); a body this
         accepts, the schema accepts with the same values."""
@@ -119,19 +124,23 @@ class RankHandler:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        if type(doc) is not dict or not 2 <= len(doc) <= 3:
+        if type(doc) is not dict or not 2 <= len(doc) <= 4:
             return None
         user_id, candidates, k = doc.get("user_id"), doc.get("candidates"), doc.get("k", 10)
+        recent = doc.get("recent")
         if (type(user_id) is not str or type(candidates) is not list or type(k) is not int
-                or len(doc) != 2 + ("k" in doc) or not 0 < len(user_id) <= self.max_id
+                or len(doc) != 2 + ("k" in doc) + ("recent" in doc) or not 0 < len(user_id) <= self.max_id
                 or not 0 < len(candidates) <= self.max_candidates or not 0 < k <= self.max_k):
             return None
-        return user_id, candidates, k
+        if recent is not None and (type(recent) is not list or len(recent) > self.max_recent or not all(
+                type(i) is str and 0 < len(i) <= self.max_id for i in recent)):
+            return None
+        return user_id, candidates, k, recent
 
-    def validate(self, body: bytes) -> tuple[str, list[Any], int]:
+    def validate(self, body: bytes) -> tuple[str, list[Any], int, list[str] | None]:
         """The schema's verdict (raises ValidationError)."""
         req = self.model.model_validate_json(body)   # parsed and validated in one pass by pydantic-core
-        return req.user_id, req.candidates, req.k
+        return req.user_id, req.candidates, req.k, req.recent
 
     def authorized(self, header: str) -> bool:
         if not self.token:

@@ -31,6 +31,25 @@ log = logging.getLogger(__name__)
 DECISION_FORMAT = 1
 
 
+def merge_recent(stored: list[str] | None, recent: list[str] | None) -> list[str] | None:
+    """The stored history followed by the client's recent items that it does not end with yet.
+
+    The processor applies engagement within a commit interval; a session's next request can be
+    faster than that. Items of ``recent`` already among the stored history's last ``len(recent)``
+    entries are taken as applied.
+
+    >>> merge_recent(["a", "b"], ["b", "c"])
+    ['a', 'b', 'c']
+    >>> merge_recent(None, ["c"]), merge_recent(["a"], None)
+    (['c'], ['a'])
+    """
+    if not recent:
+        return stored
+    stored = stored or []
+    tail = set(stored[-len(recent):])
+    return stored + [i for i in recent if i not in tail]
+
+
 class Ranker:
     """Holds the served policy, the state store and the decisions producer.
 
@@ -93,14 +112,15 @@ class Ranker:
             return None
         return [item for _, item, _ in view.recent]
 
-    def rank(self, user_id: str, candidates: list[str], k: int) -> dict[str, Any]:
-        """Rank ``candidates`` for ``user_id`` and return the response document (see README)."""
-        out = self.rank_many([(user_id, candidates, k)])[0]
+    def rank(self, user_id: str, candidates: list[str], k: int, recent: list[str] | None = None) -> dict[str, Any]:
+        """Rank ``candidates`` for ``user_id`` and return the response document (see README);
+        ``recent``: the client's session context (see :func:`merge_recent`)."""
+        out = self.rank_many([(user_id, candidates, k, recent)])[0]
         if isinstance(out, Exception):
             raise out
         return out
 
-    def rank_many(self, requests: list[tuple[str, list[str], int]]) -> list[dict[str, Any] | StreamrlError]:
+    def rank_many(self, requests: list[tuple]) -> list[dict[str, Any] | StreamrlError]:
         """Rank several requests with one batched forward pass; a request that cannot be ranked
         gets its exception in its place (NotReady, BadRankRequest, InvalidCandidates)."""
         policy = self.policy
@@ -108,13 +128,13 @@ class Ranker:
             return [NotReady("no verified policy loaded yet") for _ in requests]
         out: list[Any] = [None] * len(requests)
         todo = []
-        for n, (user_id, candidates, k) in enumerate(requests):
+        for n, (user_id, candidates, k, *ctx) in enumerate(requests):
             try:
                 rows, known, unknown = self.lookup(policy, candidates)
             except (BadRankRequest, InvalidCandidates) as e:
                 out[n] = e
                 continue
-            history = self.history(user_id)
+            history = merge_recent(self.history(user_id), ctx[0] if ctx else None)
             todo.append((n, history, rows, known, unknown))
         scored = [t for t in todo if len(t[3])]
         scores = []
@@ -123,7 +143,7 @@ class Ranker:
             scores = policy.score_many(states, [t[2][t[3]] for t in scored])
         by_request = {t[0]: sc for t, sc in zip(scored, scores)}
         for n, history, _, known, unknown in todo:
-            user_id, candidates, k = requests[n]
+            user_id, candidates, k = requests[n][:3]
             out[n] = self._slate(policy, user_id, candidates, k, history, known, unknown, by_request.get(n))
         if self.decisions is not None:
             self.decisions.flush()          # the batch's decisions to the producer child in one write

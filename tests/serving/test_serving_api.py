@@ -97,6 +97,9 @@ def test_policy_scores_equal_the_model_score(tmp_path):
     ({"user_id": 7, "candidates": ["i1"]}, 422, "valid string"),
     ({"user_id": "u1", "candidates": ["i1"], "extra": 1}, 422, "Extra inputs"),
     ({"candidates": ["i1"]}, 422, "Field required"),
+    ({"user_id": "u1", "candidates": ["i1"], "recent": "i2"}, 422, "valid array"),
+    ({"user_id": "u1", "candidates": ["i1"], "recent": ["i2", 5]}, 422, "valid string"),
+    ({"user_id": "u1", "candidates": ["i1"], "recent": ["i2"] * 21}, 422, "at most 20"),
 ])
 def test_bad_requests_get_4xx_with_a_clear_message(tmp_path, body, status, fragment):
     client, _ = _client(tmp_path)
@@ -109,6 +112,23 @@ def test_a_bad_body_is_told_so_before_the_service_is_ready(tmp_path):
     client, _ = _client(tmp_path, policy=False)
     assert client.post("/rank", json={"user_id": "u1", "candidates": ["i1", 3]}).status_code == 422
     assert client.post("/rank", json={"user_id": "u1", "candidates": ["i1"]}).status_code == 503
+
+
+def test_recent_session_context_extends_the_stored_history(tmp_path):
+    """``recent``: items the client saw the user engage with, not yet applied by the processor."""
+    from streamrl.serving.ranker import merge_recent
+
+    client, ranker = _client(tmp_path, serve_exploration="greedy")
+    body = {"user_id": "u1", "candidates": ["i1", "i2", "i5"], "k": 3}
+    plain = client.post("/rank", json=body).json()
+    ctx = client.post("/rank", json={**body, "recent": ["c4", "i6", "i7"]}).json()   # c4: already stored
+    p = ranker.policy
+    want = p.score(p.state(["i3", "c4", "i6", "i7"]), p.rows(["i1"]))[0]
+    assert [it["score"] for it in ctx["items"] if it["item_id"] == "i1"][0] == pytest.approx(float(want), rel=1e-5)
+    assert plain["items"] != ctx["items"]
+    stranger = client.post("/rank", json={"user_id": "new", "candidates": ["i1"], "recent": ["i6"]}).json()
+    assert not stranger["cold_start"]
+    assert merge_recent(["i3", "c4"], ["c4", "i6"]) == ["i3", "c4", "i6"] and merge_recent(None, None) is None
 
 
 def test_lax_bodies_the_schema_accepts_are_ranked(tmp_path):
