@@ -42,7 +42,8 @@ class LearnerConfig:
     huber_delta: float = 1.0
     """Huber loss threshold of the TD loss."""
     sup_weight: float = 1.0
-    """Weight of the supervised next-engaged-item loss (SQN head) next to the TD loss."""
+    """Weight of the supervised next-engaged-item loss (SQN head) next to the TD loss; 0 never
+    trains the head (it stays zero), so the policy ranks by ``q_weight`` * Q alone."""
     sup_negatives: int = 64
     """Sampled negative items per batch for the supervised head (shared across the batch)."""
     next_candidates: int = 128

@@ -61,7 +61,7 @@ def dqn_update(online: QNetwork, target: QNetwork, opt: torch.optim.Optimizer, s
     h = online.encode(b.state)
     q = online.q_pair(h, b.action)
     td_loss = (b.weight * F.huber_loss(q, y, delta=cfg.huber_delta, reduction="none")).mean()
-    sup_loss = _sup_loss(online, h, b, negs)
+    sup_loss = _sup_loss(online, h, b, negs) if cfg.sup_weight else torch.zeros((), device=device)
     l2 = online.item_id(b.action).pow(2).sum(-1).mean()
     loss = td_loss + cfg.sup_weight * sup_loss + cfg.id_l2 * l2
 

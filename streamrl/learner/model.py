@@ -158,5 +158,13 @@ def grow_optimizer(opt: torch.optim.Optimizer, swapped: dict[nn.Parameter, nn.Pa
 
 
 def build_model(n_items: int, lc) -> QNetwork:
-    """A QNetwork for ``n_items`` rows shaped by a :class:`~streamrl.learner.config.LearnerConfig`."""
-    return QNetwork(ModelConfig(n_items, lc.dim, lc.hidden, lc.text_dim, lc.history_len, lc.q_weight, lc.encoder))
+    """A QNetwork for ``n_items`` rows shaped by a :class:`~streamrl.learner.config.LearnerConfig`.
+
+    With ``sup_weight`` 0 the supervised head is never trained, so it starts (and stays) zero: an
+    untrained head would add random logits to the ranking score instead of nothing."""
+    net = QNetwork(ModelConfig(n_items, lc.dim, lc.hidden, lc.text_dim, lc.history_len, lc.q_weight, lc.encoder))
+    if lc.sup_weight == 0:
+        with torch.no_grad():
+            net.sup_head.weight.zero_()
+            net.sup_head.bias.zero_()
+    return net

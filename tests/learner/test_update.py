@@ -105,6 +105,19 @@ def test_huge_reward_keeps_gradient_bounded_by_huber():
     assert r.skipped is None and r.grad_norm < 100 and lr.weights_finite()
 
 
+def test_without_supervised_loss_the_policy_ranks_by_q_alone():
+    lr = learner(sup_weight=0.0, q_weight=3.0)
+    assert lr.train(20) == 20
+    head = lr.online.sup_head
+    assert float(head.weight.abs().sum()) == 0 and float(head.bias.abs().sum()) == 0  # never trained
+    with torch.no_grad():
+        state = lr.buffer.sample(4).state
+        h = lr.online.encode(state)
+        q = lr.online.q_cands(h)
+        assert float(q.abs().sum()) > 0
+        assert torch.allclose(lr.online.score(state), 3.0 * q)
+
+
 def test_target_sync_hard_and_soft():
     cfg = LearnerConfig(**{**CFG, "target_sync_every": 5})
     online, target = build_model(10, cfg), build_model(10, cfg)
