@@ -84,7 +84,7 @@ ROLES = ("processor", "learner", "ranker", "simulator", "baselines")
 
 @dataclass
 class DemoConfig:
-    events: int = 300_000
+    events: int = 500_000
     """Event budget of each arm."""
     duration_s: float = 130.0
     """Longest the closed loop runs (wall seconds); the demo ends at whichever comes first."""
