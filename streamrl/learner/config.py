@@ -40,7 +40,8 @@ class LearnerConfig:
     gamma: float = 0.5
     """Discount of the Q target: how much an item's effect on the rest of the session counts."""
     huber_delta: float = 1.0
-    """Huber loss threshold of the TD loss."""
+    """Huber loss threshold of the TD loss; about the largest reward (the purchase weight), so a
+    purchase's error is not clipped to a click's."""
     sup_weight: float = 1.0
     """Weight of the supervised next-engaged-item loss (SQN head) next to the TD loss; 0 never
     trains the head (it stays zero), so the policy ranks by ``q_weight`` * Q alone."""
