@@ -100,6 +100,10 @@ class LearnerConfig:
     """Most recent held-out transitions evaluated at each gate."""
     eval_negatives: int = 100
     """Random items each rewarded action is ranked against for HR/NDCG@10 (0: the whole catalog)."""
+    eval_reward_weighted: bool = False
+    """HR@10 and NDCG@10 of the gate weight each rewarded held-out action by its reward (a purchase
+    worth 5 counts 5 times), so the gate judges the candidate on what the TD loss optimises; off:
+    every engaged action counts once."""
     gate_baseline: str = "published"
     """What a candidate must not trail: 'published' (the serving policy, on held-out data) or 'popularity'
     (the popularity scorer on the same data). In a closed loop the published policy chose the very

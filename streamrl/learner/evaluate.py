@@ -3,7 +3,8 @@
 Figures (all on the same held-out slice, same sampled negatives for every policy compared):
 
 - HR@10 / NDCG@10: each rewarded action is ranked against ``eval_negatives`` random items (or the
-  whole catalog); ties count half.
+  whole catalog); ties count half. With ``eval_reward_weighted`` each action counts by its reward
+  (a purchase worth 5 clicks counts 5 times), so the figures rank what the learner optimises.
 - TD error: mean |r + γ Q(s', a*) - Q(s, a)|, the policy acting as its own target.
 - SNIPS: self-normalised importance-sampling estimate of the reward the policy would collect,
   from logged propensities; the policy's probability of the logged action is a softmax of its
@@ -71,7 +72,7 @@ def evaluate(scorer: Scorer, batch: Batch, n_items: int, cfg: LearnerConfig, see
     else:
         negs = torch.arange(1, n_items)
     negs = negs.to(batch.state.device)
-    hits = ndcg = 0.0
+    hits = ndcg = weight_sum = 0.0
     n_rew = n_logged = 0
     td_sum, w_sum, wr_sum = 0.0, 0.0, 0.0
     for i in range(0, len(batch), chunk):
@@ -86,8 +87,10 @@ def evaluate(scorer: Scorer, batch: Batch, n_items: int, cfg: LearnerConfig, see
         if bool(rew.any()):
             rank = rank_of_positive(pos[rew], neg[rew], valid[rew])
             hit = rank < 10
-            hits += float(hit.sum())
-            ndcg += float((hit / torch.log2(rank + 2)).sum())
+            w = reward[rew] if cfg.eval_reward_weighted else torch.ones_like(rank)
+            hits += float((hit * w).sum())
+            ndcg += float((hit / torch.log2(rank + 2) * w).sum())
+            weight_sum += float(w.sum())
             n_rew += int(rew.sum())
         if model is not None:
             td_sum += float(_td_error(model, state, action, reward, batch.next_state[i:i + chunk], negs, cfg).sum())
@@ -100,7 +103,7 @@ def evaluate(scorer: Scorer, batch: Batch, n_items: int, cfg: LearnerConfig, see
                 wr_sum += float((w * reward[logged]).sum())
                 n_logged += int(logged.sum())
     n = len(batch)
-    return EvalReport(hr10=hits / n_rew if n_rew else 0.0, ndcg10=ndcg / n_rew if n_rew else 0.0,
+    return EvalReport(hr10=hits / weight_sum if weight_sum else 0.0, ndcg10=ndcg / weight_sum if weight_sum else 0.0,
                       td_error=td_sum / n if (model is not None and n) else None,
                       snips=wr_sum / w_sum if w_sum > 0 else None, n=n, n_rewarded=n_rew, n_logged=n_logged)
 
