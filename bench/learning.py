@@ -89,7 +89,7 @@ class InProcessLearned:
 
     def _advance(self, wm: int) -> None:
         out = []
-        for uid in list(self.open):
+        for uid in sorted(self.open):  # a fixed order: the run repeats exactly
             st = self.users[uid]
             out += st.advance(wm, self.rules)
             st.prune(wm, self.rules)
@@ -113,7 +113,7 @@ class InProcessLearned:
         st = self.users.get(user_id)
         hist = [h[2] for h in st.recent(self.cfg.history_len)] if st else []
         vocab = self.learner.vocab
-        rows = [vocab.index.get(i, PAD) for i in hist]
+        rows = vocab.lookup(hist).tolist()  # unknown items: PAD
         state = torch.tensor([[PAD] * (self.cfg.history_len - len(rows)) + rows])
         with torch.no_grad():
             scores = self.served.score(state, vocab.lookup(candidates))[0].numpy().astype(np.float64)
