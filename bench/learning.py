@@ -60,9 +60,9 @@ def _value(text: str):
 class InProcessLearned:
     """The learned arm as a simulator policy: join events into transitions, train, serve."""
 
-    def __init__(self, learner: Learner, rules: JoinRules, epsilon: float, publish_every: int,
+    def __init__(self, learner: Learner, rules: JoinRules, settings: Settings, publish_every: int,
                  seed: int) -> None:
-        self.learner, self.rules, self.epsilon = learner, rules, epsilon
+        self.learner, self.rules, self.settings = learner, rules, settings
         self.publish_every = publish_every
         self.users: dict[str, UserState] = {}
         self.open: set[str] = set()       # users with pending joins
@@ -117,7 +117,9 @@ class InProcessLearned:
         state = torch.tensor([[PAD] * (self.cfg.history_len - len(rows)) + rows])
         with torch.no_grad():
             scores = self.served.score(state, vocab.lookup(candidates))[0].numpy().astype(np.float64)
-        picked, props = sample_slate(scores, k, "epsilon", self.rng, epsilon=self.epsilon)
+        s = self.settings  # exploration as the ranker draws it
+        picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
+                                     temperature=s.serve_temperature, pool=s.serve_softmax_pool)
         return [(candidates[n], float(p)) for n, p in zip(picked, props)]
 
 
@@ -133,6 +135,9 @@ def main() -> None:
                     help="events between served policy versions (the demo: ~1 s at ~2.5k events/s) [2500]")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a DEMO_LEARNER setting (flag name without dashes, e.g. sup-weight=1)")
+    ap.add_argument("--exploration", default=None, help="slate exploration of the learned arm [the demo's: epsilon]")
+    ap.add_argument("--epsilon", type=float, default=None, help="serve_epsilon of the learned arm [the demo's]")
+    ap.add_argument("--temperature", type=float, default=None, help="serve_temperature (softmax exploration)")
     ap.add_argument("--out", default=None, help="run directory for curves.jsonl/report [a temp dir]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -145,6 +150,10 @@ def main() -> None:
         learner_args[key.strip().lstrip("-")] = _value(val.strip())
     cfg = LearnerConfig.from_dict({k.replace("-", "_"): v for k, v in learner_args.items()})
     settings = Settings.from_env().replace(**DEMO_SETTINGS)
+    for name, val in (("serve_exploration", args.exploration), ("serve_epsilon", args.epsilon),
+                      ("serve_temperature", args.temperature)):
+        if val is not None:
+            settings = settings.replace(**{name: val})
     rules = JoinRules.from_settings(settings)
     sim_cfg = SimConfig(n_users=args.users, n_items=args.items, seed=args.seed, drift_at=sorted(args.drift_at))
     run_dir = Path(args.out or tempfile.mkdtemp(prefix="bench-learning-"))
@@ -157,7 +166,7 @@ def main() -> None:
     vectors = TextEmbedder(settings.cache_dir, settings.embedding_model).embed([item_text(i) for i in items])
     learner = Learner(None, cfg)
     learner.add_items([i["item_id"] for i in items], vectors)
-    learned = InProcessLearned(learner, rules, settings.serve_epsilon, args.publish_every, args.seed)
+    learned = InProcessLearned(learner, rules, settings, args.publish_every, args.seed)
     sim.use_policy(learned)
 
     arms = {"learned": sim}

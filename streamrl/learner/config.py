@@ -110,6 +110,12 @@ class LearnerConfig:
     items it is evaluated on, which favours it; 'popularity' is the unbiased bar there."""
     gate_tolerance: float = 0.02
     """The candidate may trail the published policy's HR@10 and NDCG@10 by at most this much (absolute)."""
+    gate_z: float = 0.0
+    """Evidence the gate needs to reject: a shortfall in HR@10 or NDCG@10 must exceed ``gate_tolerance``
+    plus ``gate_z`` standard errors of the difference (from the rewarded held-out actions evaluated,
+    ``sqrt((a(1-a) + b(1-b)) / n)``). 0: the tolerance alone. With a few dozen rewarded held-out
+    actions (a young stream, ~2% of views rewarded) a shortfall of 0.1-0.2 is noise; 2 stops such
+    coin flips from holding versions back, and a large sample still rejects a real regression."""
     snips_tolerance: float = 0.05
     """Relative SNIPS shortfall allowed, applied when both policies have SNIPS estimates."""
     policy_temperature: float = 1.0

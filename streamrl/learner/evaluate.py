@@ -115,6 +115,13 @@ def _td_error(model, state, action, reward, next_state, cands, cfg: LearnerConfi
     return (reward + cfg.gamma * q_next - q).abs()
 
 
+def _diff_se(a: float, b: float, n: int) -> float:
+    """Standard error of the difference of two hit rates (figures in [0, 1]) each over ``n`` actions."""
+    if n <= 0:
+        return math.inf
+    return math.sqrt(max(a * (1 - a) + b * (1 - b), 0.0) / n)
+
+
 def gate(candidate: EvalReport, published: EvalReport | None, cfg: LearnerConfig) -> tuple[bool, str]:
     """Whether the candidate may replace the published policy, and why (a short reason).
 
@@ -123,17 +130,28 @@ def gate(candidate: EvalReport, published: EvalReport | None, cfg: LearnerConfig
     (True, 'pass')
     >>> gate(EvalReport(0.20, 0.2, 0.1, None, 100, 50, 0), EvalReport(0.31, 0.2, 0.1, None, 100, 50, 0), cfg)
     (False, 'hr10')
+
+    With ``gate_z`` a shortfall must also exceed that many standard errors of the difference:
+    0.11 on 50 rewarded actions is within noise, on 2000 it is not.
+
+    >>> cfg = LearnerConfig(gate_tolerance=0.02, gate_z=2.0)
+    >>> gate(EvalReport(0.20, 0.2, 0.1, None, 100, 50, 0), EvalReport(0.31, 0.2, 0.1, None, 100, 50, 0), cfg)
+    (True, 'pass')
+    >>> gate(EvalReport(0.20, 0.2, 0.1, None, 9000, 2000, 0), EvalReport(0.31, 0.2, 0.1, None, 9000, 2000, 0), cfg)
+    (False, 'hr10')
     """
     figures = [candidate.hr10, candidate.ndcg10] + [v for v in (candidate.td_error, candidate.snips) if v is not None]
     if not all(math.isfinite(v) for v in figures):
         return False, "non_finite"
     if published is None:
         return True, "first"
-    tol = cfg.gate_tolerance
-    if candidate.hr10 < published.hr10 - tol:
-        return False, "hr10"
-    if candidate.ndcg10 < published.ndcg10 - tol:
-        return False, "ndcg10"
+    for name in ("hr10", "ndcg10"):
+        a, b = getattr(candidate, name), getattr(published, name)
+        margin = cfg.gate_tolerance
+        if cfg.gate_z > 0:
+            margin += cfg.gate_z * _diff_se(a, b, min(candidate.n_rewarded, published.n_rewarded))
+        if a < b - margin:
+            return False, name
     if candidate.snips is not None and published.snips is not None and published.snips > 0:
         if candidate.snips < published.snips * (1 - cfg.snips_tolerance):
             return False, "snips"
