@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="the closed loop on one machine: broker, processor, learner, ranker and "
                         "simulated users as processes, against baselines; live progress, report and plot")
-    dm.add_argument("--events", type=int, default=500_000, help="event budget of each arm [default: 500000]")
+    dm.add_argument("--events", type=int, default=1_000_000,
+                    help="event budget of each arm [default: 1000000, more than --duration allows on 2 cores]")
     dm.add_argument("--duration", type=float, default=130.0, metavar="SECONDS",
                     help="longest the closed loop runs; the demo ends at the budget or this, whichever is first "
                          "(130 s keeps the whole demo under 3 minutes) [default: 130]")

@@ -87,7 +87,7 @@ LEARNER_GATES = Counter("streamrl_learner_gate_decisions_total",
                         "Evaluation gate outcomes, by result (published, rejected).", ["result"])
 LEARNER_EVAL = Gauge("streamrl_learner_eval", "Evaluation figures of the last gate, by policy and metric.",
                      ["policy", "metric"])
-LEARNER_DRIFT = Counter("streamrl_learner_drift_events_total", "ADWIN drift detections, by signal.", ["signal"])
+LEARNER_DRIFT = Counter("streamrl_learner_drift_events_total", "ADWIN drift detections for the worse (reward fell, TD error rose), by signal.", ["signal"])
 SNAPSHOT_REJECTED = Counter("streamrl_snapshot_rejected_total",
                             "Snapshots refused by a reader's verification, by reason.", ["reason"])
 

@@ -1,27 +1,40 @@
-"""Drift detection on the learner's input (reward) and fit (TD error) with river's ADWIN."""
+"""Drift detection on the learner's input (reward) and fit (TD error) with river's ADWIN.
+
+Only a change for the worse counts: a fall of the reward rate, a rise of the TD error. ADWIN
+detects a change of the mean either way, and an improving policy raises its own reward rate
+(in the demo that fired every few seconds, so the drift response was always on)."""
 
 from __future__ import annotations
 
 from river.drift import ADWIN
 
 SIGNALS = ("reward", "td_error")
+#: The direction of a change that counts as drift, per signal: +1 a rise, -1 a fall.
+WORSE = {"reward": -1, "td_error": +1}
 
 
 class DriftMonitor:
-    """One ADWIN per signal and key; :meth:`update` says whether that value completed a detected drift.
+    """One ADWIN per signal and key; :meth:`update` says whether that value completed a detected drift
+    for the worse (:data:`WORSE`); changes for the better are counted in ``improvements``.
 
     The key is the source partition for rewards: partitions are consumed interleaved and each
     is in event-time order only on its own, so one detector across them would see the
     interleaving as drift.
 
     >>> m = DriftMonitor(delta=0.002)
+    >>> any(m.update("reward", 5.0) for _ in range(500)) or any(m.update("reward", 0.0) for _ in range(500))
+    True
+    >>> m = DriftMonitor(delta=0.002)
     >>> any(m.update("reward", 0.0) for _ in range(500)) or any(m.update("reward", 5.0) for _ in range(500))
+    False
+    >>> m.improvements["reward"] > 0
     True
     """
 
     def __init__(self, delta: float = 0.002) -> None:
         self.delta = delta
         self.detectors: dict[tuple[str, int], ADWIN] = {}
+        self.improvements: dict[str, int] = {s: 0 for s in SIGNALS}
 
     def update(self, signal: str, value: float, key: int = 0) -> bool:
         if signal not in SIGNALS:
@@ -29,8 +42,14 @@ class DriftMonitor:
         d = self.detectors.get((signal, key))
         if d is None:
             d = self.detectors[(signal, key)] = ADWIN(delta=self.delta)
+        before = d.estimation
         d.update(value)
-        return d.drift_detected
+        if not d.drift_detected:
+            return False
+        if (d.estimation - before) * WORSE[signal] > 0:  # the window kept (recent) against the whole one
+            return True
+        self.improvements[signal] += 1
+        return False
 
     def get(self, signal: str, key: int = 0) -> float:
         """The detector's current window mean (NaN before any value)."""

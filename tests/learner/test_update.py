@@ -223,16 +223,29 @@ def test_gate_rejects_worse_candidate_and_records_figures(tmp_path):
     assert lr.maybe_publish(pub) is None and len(pub.sent) == 1
 
 
-def test_reward_drift_switches_sampling_to_recent():
-    lr = learner(drift_recent_share=0.5, drift_boost_updates=3)
+def _rewards_then(lr, first: float, then: float) -> None:
     for k in range(20):
         batch = data(200, seed=k, start=1000 + 200 * k)
         for t in batch:
-            t["reward"] = 0.0 if k < 10 else 5.0
+            t["reward"] = first if k < 10 else then
         lr.ingest(batch, 0, k)
+
+
+def test_reward_drop_switches_sampling_to_recent():
+    lr = learner(n=0, drift_recent_share=0.5, drift_boost_updates=3)
+    _rewards_then(lr, 5.0, 0.0)
     assert lr.buffer.recent_share == 0.5 and lr.boost_left == 3
+    assert lr.drift.improvements["reward"] == 0
     lr.train(3)
     assert lr.buffer.recent_share == 0.0
+
+
+def test_reward_rise_is_not_a_drift():
+    """An improving policy raises its own reward rate: detected by ADWIN, not responded to."""
+    lr = learner(n=0, drift_recent_share=0.5, drift_boost_updates=3)
+    _rewards_then(lr, 0.0, 5.0)
+    assert lr.drift.improvements["reward"] >= 1
+    assert lr.buffer.recent_share == 0.0 and lr.boost_left == 0
 
 
 def test_catalog_file_changes_are_picked_up_without_restart(tmp_path, embedder):
