@@ -51,11 +51,15 @@ class RankerWithFallback:
     Like a feed client, it sends the items each user engaged with in the last ``session_ms`` of
     event time as the request's session context (``recent``): simulated time runs far faster than
     the wall clock, so a session's next request would otherwise reach the ranker before the
-    processor has applied the clicks of the previous one.
+    processor has applied the clicks of the previous one. The window is 6 simulated hours: the demo's
+    simulated clock runs ~2000x the wall clock, so the processor's apply lag (commit interval plus
+    CPU contention, up to a few wall seconds) spans simulated hours; with 30 simulated minutes the
+    context ran out before the stored state caught up (learned reward 0.777 -> 0.800 of the oracle
+    in one default run each). Items the stored history already ends with are not appended twice.
     """
 
     def __init__(self, url: str, token: str = "", seed: int = 0, check_every_s: float = 0.5,
-                 session_ms: int = 30 * 60 * 1000, recent_len: int = 10) -> None:
+                 session_ms: int = 6 * 3600 * 1000, recent_len: int = 10) -> None:
         self.session_ms, self.recent_len = session_ms, recent_len
         self.recent: dict[str, list[tuple[int, str]]] = {}
         self.http = HttpRankerPolicy(url, token=token, timeout_s=2.0, retries=1)
