@@ -132,14 +132,20 @@ def test_kill9_at_random_moments_loses_and_doubles_nothing(settings):
     events, s = simulated(settings.replace(commit_interval_ms=500), 200_000)
     produce(s, events)
     rng = random.Random(1234)
+    # random moments spread over the run, chosen by progress rather than by time, so that a fast
+    # machine cannot finish the run between two kills: each kill comes once the committed offsets
+    # passed a random point of the run, plus a random fraction of a commit interval
+    targets = sorted(rng.sample(range(len(events) // 10, len(events) * 8 // 10), 5))
     kills, progress = 0, []
     while kills < 5:
         p = start_processor(s)
-        before = progress[-1] if progress else 0
+        before = max(progress[-1] if progress else 0, targets[kills])
         deadline = time.monotonic() + 60
         while applied_offsets(s) <= before and time.monotonic() < deadline:  # joined and committing
-            time.sleep(0.1)
-        time.sleep(rng.uniform(0.0, 1.0))
+            if p.poll() is not None:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.05))
         if p.poll() is not None:
             pytest.fail(f"processor exited early: {p.communicate()[1][-2000:]}")
         p.kill()
