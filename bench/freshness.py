@@ -69,9 +69,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from streamrl.config import Settings
-    from streamrl.demo import (DEMO_LEARNER, Children, _wait_listening, _write_catalog, demo_settings,
-                               freshness_latencies)
-    from streamrl.kafka import EmbeddedBroker, ensure_topics, free_port
+    from streamrl.demo import (DEMO_LEARNER, _wait_listening, _write_catalog, demo_settings, freshness_latencies,
+                               start_pipeline)
+    from streamrl.kafka import EmbeddedBroker, ensure_topics
     from streamrl.producers.closed_loop import PRODUCED, SERVED
     from streamrl.producers.simulator import SimConfig, Simulator
     from streamrl.producers.sink import EventSink
@@ -88,16 +88,8 @@ def main() -> None:
     try:
         ensure_topics(settings)
         _write_catalog(settings, cfg, say)
-        ports = {"processor": free_port(), "learner": free_port(), "ranker_metrics": free_port()}
-        ranker_port = free_port()
-        settings = settings.replace(serve_port=ranker_port)
-        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        children = Children(run_dir, env)
-        children.start("processor", ["process"], {"STREAMRL_METRICS_PORT": str(ports["processor"])})
-        children.start("learner", ["learn", *[a for k, v in DEMO_LEARNER.items() for a in (f"--{k}", str(v))]],
-                       {"STREAMRL_METRICS_PORT": str(ports["learner"]), "OMP_NUM_THREADS": "1"})
-        children.start("ranker", ["serve"], {"STREAMRL_METRICS_PORT": str(ports["ranker_metrics"]),
-                                             "OMP_NUM_THREADS": "1"})
+        children, settings, ports = start_pipeline(settings, run_dir, DEMO_LEARNER)
+        ranker_port = settings.serve_port
         _wait_listening({"learner": ports["learner"], "ranker": ranker_port}, children, timeout_s=120)
         poller = threading.Thread(target=poll_served, args=(f"http://127.0.0.1:{ranker_port}", served, stop),
                                   daemon=True)

@@ -352,18 +352,10 @@ def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig
     try:
         ensure_topics(settings)
         _write_catalog(settings, cfg, say)
-        ports = {"processor": free_port(), "learner": free_port(), "ranker_metrics": free_port()}
-        ranker_port = free_port()
-        settings = settings.replace(serve_port=ranker_port)
-        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        children = Children(run_dir, env)
+        children, settings, ports = start_pipeline(settings, run_dir, demo.learner_args)
+        ranker_port = settings.serve_port
         sim_args = ["--users", str(cfg.n_users), "--items", str(cfg.n_items), "--seed", str(cfg.seed)]
         sim_args += ["--drift-at", ",".join(map(str, cfg.drift_at))] if cfg.drift_at else []
-        children.start("processor", ["process"], {"STREAMRL_METRICS_PORT": str(ports["processor"])})
-        children.start("learner", ["learn", *[a for k, v in demo.learner_args.items() for a in (f"--{k}", str(v))]],
-                       {"STREAMRL_METRICS_PORT": str(ports["learner"]), "OMP_NUM_THREADS": "1"})
-        children.start("ranker", ["serve"], {"STREAMRL_METRICS_PORT": str(ports["ranker_metrics"]),
-                                             "OMP_NUM_THREADS": "1"})
         if demo.arms:  # they keep pace with the closed loop; niced, they take what the loop leaves
             children.start("baselines", ["baselines", *sim_args, "--events", str(demo.events), "--run-dir", str(run_dir),
                                          "--arms", ",".join(demo.arms), "--follow"], {"STREAMRL_METRICS_PORT": "-2"},
@@ -413,6 +405,28 @@ def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig
         if broker is not None:
             broker.stop()
     return summary
+
+
+def start_pipeline(settings: Settings, run_dir: Path, learner_args: dict[str, Any],
+                   ) -> tuple[Children, Settings, dict[str, int]]:
+    """Start the processor, the learner (``learner_args`` as flags) and the ranker as processes.
+
+    Returns their :class:`Children`, ``settings`` with the ranker's ``serve_port``, and the
+    metrics ports (``processor``, ``learner``, ``ranker_metrics``); the ranker listens on
+    ``serve_port``. A failed start stops whatever had started."""
+    ports = {"processor": free_port(), "learner": free_port(), "ranker_metrics": free_port()}
+    settings = settings.replace(serve_port=free_port())
+    children = Children(run_dir, {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"})
+    try:
+        children.start("processor", ["process"], {"STREAMRL_METRICS_PORT": str(ports["processor"])})
+        children.start("learner", ["learn", *[a for k, v in learner_args.items() for a in (f"--{k}", str(v))]],
+                       {"STREAMRL_METRICS_PORT": str(ports["learner"]), "OMP_NUM_THREADS": "1"})
+        children.start("ranker", ["serve"], {"STREAMRL_METRICS_PORT": str(ports["ranker_metrics"]),
+                                             "OMP_NUM_THREADS": "1"})
+    except BaseException:
+        children.stop()
+        raise
+    return children, settings, ports
 
 
 def _wait_listening(ports: dict[str, int], children: Children, timeout_s: float) -> None:
