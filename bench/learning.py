@@ -16,7 +16,7 @@ Use it to try a learner setting in a few minutes (``--set sup-weight=1.0``), the
 them). Last line::
 
     learning reward_vs_oracle=<x> reward_vs_popularity=<y> learned=<r> oracle=<r> popularity=<r> \
-updates=<n> events=<n> [drift_recovery_ratio=<z>]
+updates=<n> events=<n> [drift_recovery_ratio=<z> drift_recovery_<arm>=<z> ...]
 
     .venv/bin/python bench/learning.py [--events 250000] [--drift-at 80000] [--set KEY=VALUE ...]
 """
@@ -196,6 +196,9 @@ def main() -> None:
            "events": args.events}
     if args.drift_at:
         fig["drift_recovery_ratio"] = summary.get("drift_recovery_ratio")
+        for arm, ratio in (summary.get("drift_recovery_by_arm") or {}).items():
+            if arm != "learned":  # the baselines' own after/before ratio: the yardstick
+                fig[f"drift_recovery_{arm}"] = ratio
     print(f"curves: {curves} ({time.monotonic() - t0:.0f}s)", file=sys.stderr)
     print("learning " + " ".join(f"{k}={v}" for k, v in fig.items()))
 

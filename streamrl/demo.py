@@ -214,9 +214,9 @@ def freshness(settings: Settings, run_dir: Path, seed: int) -> dict[str, Any]:
             "freshness_unserved": unserved}
 
 
-def _oracle_ratio(arms: dict[str, list[dict]], start: int, end: int) -> float | None:
-    learned, oracle = window_rate(arms["learned"], start, end), window_rate(arms["oracle"], start, end)
-    return learned / oracle if oracle else None
+def _oracle_ratio(arms: dict[str, list[dict]], start: int, end: int, arm: str = "learned") -> float | None:
+    rate, oracle = window_rate(arms[arm], start, end), window_rate(arms["oracle"], start, end)
+    return rate / oracle if oracle else None
 
 
 def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20_000,
@@ -226,6 +226,15 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
     Pre-drift: the ``2 * span`` events before the drift. After: the ``span`` events ending
     ``horizon`` after it (``drift_recovery_ratio`` = after / pre). ``drift_recovered_after_events``:
     the first curve point within the horizon whose trailing ``span`` ratio reaches 90% of pre-drift.
+    ``drift_recovery_by_arm``: the same after / pre ratio of every arm but the oracle (how far the
+    baselines come back in the same window: the yardstick of the learned arm's figure).
+
+    >>> rows = lambda rate: [{"events": e, "views": 1000, "reward": rate(e) * 1000, "clicks": 0} for e in range(1000, 41_000, 1000)]
+    >>> arms = {"oracle": rows(lambda e: 0.2), "learned": rows(lambda e: 0.1 if e <= 20_000 else 0.05),
+    ...         "random": rows(lambda e: 0.02)}
+    >>> out = drift_recovery(arms, 20_000)
+    >>> out["pre_drift_oracle_ratio"], out["drift_recovery_ratio"], out["drift_recovery_by_arm"]
+    (0.5, 0.5, {'learned': 0.5, 'random': 1.0})
     """
     if "learned" not in arms or "oracle" not in arms or not arms["learned"]:
         return {}
@@ -237,7 +246,7 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
         return out
     post = _oracle_ratio(arms, drift_at + horizon - span, drift_at + horizon)
     out["post_drift_oracle_ratio"] = None if post is None else round(post, 4)
-    out["drift_recovery_ratio"] = None if post is None else round(post / pre, 4)
+    out["drift_recovery_ratio"] = None if post is None or not pre else round(post / pre, 4)
     out["drift_recovered_after_events"] = None
     for row in arms["learned"]:
         end = row["events"]
@@ -246,6 +255,12 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
             if r is not None and r >= 0.9 * pre:
                 out["drift_recovered_after_events"] = end - drift_at
                 break
+    by_arm = {}
+    for arm in (a for a in arms if a != "oracle" and arms[a]):
+        a_pre = _oracle_ratio(arms, max(0, drift_at - 2 * span), drift_at, arm)
+        a_post = _oracle_ratio(arms, drift_at + horizon - span, drift_at + horizon, arm)
+        by_arm[arm] = round(a_post / a_pre, 4) if a_pre and a_post is not None else None
+    out["drift_recovery_by_arm"] = by_arm
     return out
 
 
@@ -500,7 +515,7 @@ def render(summary: dict[str, Any], run_dir: Path) -> str:
     for k in KEY_FIGURES + ("events", "closed_loop_events_per_s", "policy_version", "freshness_samples",
                             "freshness_unserved",
                             "pre_drift_oracle_ratio", "post_drift_oracle_ratio", "drift_recovered_after_events",
-                            "seconds"):
+                            "drift_recovery_by_arm", "seconds"):
         if k in summary:
             v = summary[k]
             lines.append(f"{k:>30}: {'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else v}")

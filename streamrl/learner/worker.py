@@ -179,15 +179,15 @@ class Learner:
         self.summary.ingested += n_train + n_hold
         self.seen += n_train + n_hold
         self.owed += n_train * self.cfg.updates_per_transition
-        for r in rewards["train"]:
-            if self.drift.update("reward", r, key=partition):
+        for r in rewards["train"]:  # one detector across partitions (see DriftMonitor)
+            if self.drift.update("reward", r):
                 self._on_drift("reward", partition, offset)
         return n_train
 
     def _on_drift(self, signal: str, partition: int = -1, offset: int = -1) -> None:
         M.LEARNER_DRIFT.labels(signal).inc()
         log.warning("drift detected on %s (window mean %.4f) at partition %d offset %d, version %d; response: %s",
-                    signal, self.drift.get(signal, key=partition if signal == "reward" else 0), partition, offset,
+                    signal, self.drift.get(signal), partition, offset,
                     self.last_version, self.cfg.drift_response)
         if self.cfg.drift_response == "recent":
             self.buffer.recent_share = self.cfg.drift_recent_share

@@ -240,6 +240,23 @@ def test_reward_drop_switches_sampling_to_recent():
     assert lr.buffer.recent_share == 0.0
 
 
+def test_reward_drop_is_seen_across_partitions():
+    """One reward detector across the transition partitions: 8 partitions each see an eighth of the
+    views, and a drop from 0.2 to 0.05 clicks per view is found within 600 views after it (one
+    detector per partition needed ~1,100-1,800 in the same stream)."""
+    lr = learner(n=0, drift_recent_share=0.5, drift_boost_updates=3)
+    rng = np.random.default_rng(0)
+    for k in range(230):                    # messages of 20 transitions, round robin over 8 partitions
+        batch = data(20, seed=k, start=1000 + 20 * k)
+        for t in batch:
+            t["reward"] = float(rng.random() < (0.2 if k < 200 else 0.05))
+            t["next_state"] = t["state"] + [t["action"]] if t["reward"] else t["state"]
+        lr.ingest(batch, k % 8, k // 8)
+        if k < 200:
+            assert lr.buffer.recent_share == 0.0, f"false alarm at message {k}"
+    assert lr.buffer.recent_share == 0.5 and lr.boost_left == 3
+
+
 def test_reward_rise_is_not_a_drift():
     """An improving policy raises its own reward rate: detected by ADWIN, not responded to."""
     lr = learner(n=0, drift_recent_share=0.5, drift_boost_updates=3)
