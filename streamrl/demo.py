@@ -49,7 +49,7 @@ from streamrl.kafka import EmbeddedBroker, ensure_topics, free_port, read_all
 from streamrl.producers.closed_loop import BASELINE_ARMS, CURVES, PRODUCED, SERVED, read_status
 from streamrl.producers.simulator import SimConfig
 from streamrl.schema import decode_transitions
-from streamrl.report import ARM_ORDER, load_curves, markdown_table, render_run, summarize, window_rate
+from streamrl.report import ARM_ORDER, load_curves, markdown_table, render_run, window_rate
 
 log = logging.getLogger(__name__)
 
