@@ -228,6 +228,9 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
     the first curve point within the horizon whose trailing ``span`` ratio reaches 90% of pre-drift.
     ``drift_recovery_by_arm``: the same after / pre ratio of every arm but the oracle (how far the
     baselines come back in the same window: the yardstick of the learned arm's figure).
+    ``pre_drift_vs_random``: the learned arm's pre-drift reward over the random arm's; near 1 the
+    learned policy had not learned anything yet when the drift came, and the recovery ratio
+    says nothing (a policy that knows nothing loses nothing).
 
     >>> rows = lambda rate: [{"events": e, "views": 1000, "reward": rate(e) * 1000, "clicks": 0} for e in range(1000, 41_000, 1000)]
     >>> arms = {"oracle": rows(lambda e: 0.2), "learned": rows(lambda e: 0.1 if e <= 20_000 else 0.05),
@@ -235,12 +238,18 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
     >>> out = drift_recovery(arms, 20_000)
     >>> out["pre_drift_oracle_ratio"], out["drift_recovery_ratio"], out["drift_recovery_by_arm"]
     (0.5, 0.5, {'learned': 0.5, 'random': 1.0})
+    >>> out["pre_drift_vs_random"]
+    5.0
     """
     if "learned" not in arms or "oracle" not in arms or not arms["learned"]:
         return {}
     total = arms["learned"][-1]["events"]
     pre = _oracle_ratio(arms, max(0, drift_at - 2 * span), drift_at)
     out: dict[str, Any] = {"pre_drift_oracle_ratio": None if pre is None else round(pre, 4)}
+    if arms.get("random"):
+        rnd = window_rate(arms["random"], max(0, drift_at - 2 * span), drift_at)
+        learned = window_rate(arms["learned"], max(0, drift_at - 2 * span), drift_at)
+        out["pre_drift_vs_random"] = round(learned / rnd, 4) if rnd else None
     if pre is None or total < drift_at + horizon:
         out["drift_recovery_ratio"] = None
         return out
@@ -506,6 +515,9 @@ def _figures(settings: Settings, cfg: SimConfig, run_dir: Path, seconds: float, 
     return summary
 
 
+#: Below this pre-drift reward over random's, the learned arm had not learned anything to lose.
+UNLEARNED_AT_DRIFT = 1.5
+
 KEY_FIGURES = ("reward_vs_oracle", "reward_vs_popularity", "freshness_p50_s", "freshness_p99_s",
                "drift_recovery_ratio")
 
@@ -515,9 +527,12 @@ def render(summary: dict[str, Any], run_dir: Path) -> str:
     for k in KEY_FIGURES + ("events", "closed_loop_events_per_s", "policy_version", "freshness_samples",
                             "freshness_unserved",
                             "pre_drift_oracle_ratio", "post_drift_oracle_ratio", "drift_recovered_after_events",
-                            "drift_recovery_by_arm", "seconds"):
+                            "pre_drift_vs_random", "drift_recovery_by_arm", "seconds"):
         if k in summary:
             v = summary[k]
             lines.append(f"{k:>30}: {'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else v}")
+    if (summary.get("pre_drift_vs_random") or math.inf) < UNLEARNED_AT_DRIFT:
+        lines.append(f"{'note':>30}: at the drift the learned arm earned < {UNLEARNED_AT_DRIFT}x random's reward: it had "
+                     "not learned yet, so drift_recovery_ratio says little; use a later --drift-at")
     lines.append(f"{'plot':>30}: {run_dir / 'reward.png'}")
     return "\n".join(lines)

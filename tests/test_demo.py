@@ -42,7 +42,7 @@ def test_short_demo_closes_the_loop_and_reports(demo_run, settings):
     totals = {a["events"] for a in arms.values()}
     assert len(totals) == 1 and totals.pop() == summary["events"] > 5000
     for key in ("reward_vs_oracle", "reward_vs_popularity", "freshness_p50_s", "freshness_p99_s",
-                "drift_recovery_ratio", "pre_drift_oracle_ratio"):
+                "drift_recovery_ratio", "pre_drift_oracle_ratio", "pre_drift_vs_random"):
         assert key in summary
     assert summary["reward_vs_oracle"] > 0
     assert arms["oracle"]["reward_per_view_tail"] > arms["random"]["reward_per_view_tail"]
