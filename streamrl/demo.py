@@ -244,18 +244,22 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
     if "learned" not in arms or "oracle" not in arms or not arms["learned"]:
         return {}
     total = arms["learned"][-1]["events"]
-    pre = _oracle_ratio(arms, max(0, drift_at - 2 * span), drift_at)
+    before, after = (max(0, drift_at - 2 * span), drift_at), (drift_at + horizon - span, drift_at + horizon)
+    pre = _oracle_ratio(arms, *before)
     out: dict[str, Any] = {"pre_drift_oracle_ratio": None if pre is None else round(pre, 4)}
     if arms.get("random"):
-        rnd = window_rate(arms["random"], max(0, drift_at - 2 * span), drift_at)
-        learned = window_rate(arms["learned"], max(0, drift_at - 2 * span), drift_at)
-        out["pre_drift_vs_random"] = round(learned / rnd, 4) if rnd else None
+        rnd = window_rate(arms["random"], *before)
+        out["pre_drift_vs_random"] = round(window_rate(arms["learned"], *before) / rnd, 4) if rnd else None
     if pre is None or total < drift_at + horizon:
         out["drift_recovery_ratio"] = None
         return out
-    post = _oracle_ratio(arms, drift_at + horizon - span, drift_at + horizon)
+    by_arm = {}
+    for arm in (a for a in arms if a != "oracle" and arms[a]):
+        a_pre, a_post = _oracle_ratio(arms, *before, arm), _oracle_ratio(arms, *after, arm)
+        by_arm[arm] = round(a_post / a_pre, 4) if a_pre and a_post is not None else None
+    post = _oracle_ratio(arms, *after)
     out["post_drift_oracle_ratio"] = None if post is None else round(post, 4)
-    out["drift_recovery_ratio"] = None if post is None or not pre else round(post / pre, 4)
+    out["drift_recovery_ratio"] = by_arm["learned"]
     out["drift_recovered_after_events"] = None
     for row in arms["learned"]:
         end = row["events"]
@@ -264,11 +268,6 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
             if r is not None and r >= 0.9 * pre:
                 out["drift_recovered_after_events"] = end - drift_at
                 break
-    by_arm = {}
-    for arm in (a for a in arms if a != "oracle" and arms[a]):
-        a_pre = _oracle_ratio(arms, max(0, drift_at - 2 * span), drift_at, arm)
-        a_post = _oracle_ratio(arms, drift_at + horizon - span, drift_at + horizon, arm)
-        by_arm[arm] = round(a_post / a_pre, 4) if a_pre and a_post is not None else None
     out["drift_recovery_by_arm"] = by_arm
     return out
 

@@ -14,10 +14,10 @@ WORSE = {"reward": -1, "td_error": +1}
 
 
 class DriftMonitor:
-    """One ADWIN per signal and key; :meth:`update` says whether that value completed a detected drift
+    """One ADWIN per signal; :meth:`update` says whether that value completed a detected drift
     for the worse (:data:`WORSE`); changes for the better are counted in ``improvements``.
 
-    The learner feeds every training transition's reward into one detector (key 0) across the
+    The learner feeds every training transition's reward into one detector across the
     transition partitions: a live consumer keeps its partitions within a commit interval of each
     other, so their interleaving is a shuffle of near-simultaneous views. One detector per
     partition saw an eighth of the views each, and in the demo (8 partitions) the reward drop of
@@ -37,15 +37,15 @@ class DriftMonitor:
 
     def __init__(self, delta: float = 0.002) -> None:
         self.delta = delta
-        self.detectors: dict[tuple[str, int], ADWIN] = {}
+        self.detectors: dict[str, ADWIN] = {}
         self.improvements: dict[str, int] = {s: 0 for s in SIGNALS}
 
-    def update(self, signal: str, value: float, key: int = 0) -> bool:
+    def update(self, signal: str, value: float) -> bool:
         if signal not in SIGNALS:
             raise ValueError(f"unknown drift signal {signal!r}")
-        d = self.detectors.get((signal, key))
+        d = self.detectors.get(signal)
         if d is None:
-            d = self.detectors[(signal, key)] = ADWIN(delta=self.delta)
+            d = self.detectors[signal] = ADWIN(delta=self.delta)
         before = d.estimation
         d.update(value)
         if not d.drift_detected:
@@ -55,7 +55,7 @@ class DriftMonitor:
         self.improvements[signal] += 1
         return False
 
-    def get(self, signal: str, key: int = 0) -> float:
+    def get(self, signal: str) -> float:
         """The detector's current window mean (NaN before any value)."""
-        d = self.detectors.get((signal, key))
+        d = self.detectors.get(signal)
         return float(d.estimation) if d is not None else float("nan")
