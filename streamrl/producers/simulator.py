@@ -224,8 +224,10 @@ class Simulator:
         return cfg.purchase_rate * self._quality[n] * min(1.0, aff * cfg.n_topics / 4.0)
 
     def _drift(self) -> None:
+        # the shift comes from the seed and the drift's number alone, not from the event stream's
+        # generator: every arm served the same world gets the same rotation whatever it served
         k = self.cfg.n_topics
-        shift = self._rng.randrange(1, k) if k > 1 else 0
+        shift = random.Random(f"{self.cfg.seed}-drift-{self.drifts}").randrange(1, k) if k > 1 else 0
         self._theta = [th[shift:] + th[:shift] for th in self._theta]
         self.drifts += 1
         log.info("interest drift #%d: topics rotated by %d", self.drifts, shift)

@@ -6,6 +6,8 @@ import collections
 import json
 import statistics
 
+import numpy as np
+
 import pytest
 
 from streamrl.catalog import load_catalog
@@ -143,6 +145,23 @@ def test_drift_changes_clicked_topics():
     (tv_still, drifts_still), (tv_drift, drifts) = shift([]), shift([n])
     assert (drifts_still, drifts) == (0, 1)
     assert tv_drift > 2 * tv_still
+
+
+def test_every_arm_gets_the_same_rotation():
+    """The drift's shift comes from the seed and the drift's number, not from what was served:
+    arms served by different policies (different random draws before the drift) rotate alike."""
+    def shifts(policy: str) -> set[int]:
+        sim = Simulator(SimConfig(seed=3, n_users=50, n_items=100, n_candidates=20, drift_at=[2000], policy=policy))
+        before = None
+        for n, _ in enumerate(sim.events(2050)):
+            if n == 1999:
+                before = np.array(sim._theta)
+        after = np.array(sim._theta)
+        peaked = before.max(1) > 0.5                    # a clear favourite topic to follow
+        return set(((after.argmax(1) - before.argmax(1)) % before.shape[1])[peaked].tolist())
+
+    random_shift, popularity_shift = shifts("random"), shifts("popularity")
+    assert len(random_shift) == 1 and random_shift == popularity_shift and random_shift != {0}
 
 
 def test_catalog_items_text_carries_topic():
