@@ -6,10 +6,12 @@ attribution window), transitions go into :class:`~streamrl.learner.worker.Learne
 hyperparameters (``streamrl.demo.DEMO_LEARNER``), the learner takes ``updates_per_transition``
 steps per transition, and every ``--publish-every`` events a copy of the online network becomes
 the served policy (ε-greedy slates with exact propensities, as the ranker draws them; random
-slates until ``min_transitions_to_publish``). Unlike the demo, the user state is current at every
-request and nothing waits on the wall clock, so the figures are the learner's, not the
-pipeline's; the same seed gives the same world as ``streamrl demo`` (the baselines' figures equal
-the demo's). The oracle and popularity arms run on their own copies of the world.
+slates until ``min_transitions_to_publish``), plus the ranker's fast feedback layer
+(:mod:`streamrl.serving.feedback`, fed every transition as it is emitted; ``--feedback-weight 0``
+turns it off). Unlike the demo, the user state is current at every request and nothing waits on
+the wall clock, so the figures are the learner's, not the pipeline's; the same seed gives the
+same world as ``streamrl demo`` (the baselines' figures equal the demo's). The oracle and
+popularity arms run on their own copies of the world.
 
 Use it to try a learner setting in a few minutes (``--set sup-weight=1.0``), then confirm with
 ``streamrl demo``. Progress goes to stderr; the curves to ``--out`` (``streamrl report`` renders
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamrl.catalog import TextEmbedder, item_text
+from streamrl.catalog import ItemEmbeddings, TextEmbedder, item_text
 from streamrl.config import Settings
 from streamrl.consumers.state import JoinRules, UserState
 from streamrl.demo import DEMO_LEARNER, DEMO_SETTINGS, drift_recovery
@@ -46,6 +48,7 @@ from streamrl.producers.policies import Ranking
 from streamrl.producers.simulator import SimConfig, Simulator
 from streamrl.report import CurveRecorder, load_curves, markdown_table, summarize
 from streamrl.serving.explore import sample_slate
+from streamrl.serving.feedback import FeedbackModel
 
 
 def _value(text: str):
@@ -61,8 +64,9 @@ class InProcessLearned:
     """The learned arm as a simulator policy: join events into transitions, train, serve."""
 
     def __init__(self, learner: Learner, rules: JoinRules, settings: Settings, publish_every: int,
-                 seed: int) -> None:
+                 seed: int, feedback: FeedbackModel | None = None) -> None:
         self.learner, self.rules, self.settings = learner, rules, settings
+        self.feedback = feedback          # the ranker's fast feedback layer (None: off)
         self.publish_every = publish_every
         self.users: dict[str, UserState] = {}
         self.open: set[str] = set()       # users with pending joins
@@ -97,6 +101,8 @@ class InProcessLearned:
                 self.open.discard(uid)
         if not out:
             return
+        if self.feedback is not None:     # the ranker's child reads the same transitions topic
+            self.feedback.update(out)
         self.transitions += self.learner.ingest(out)
         self.owed += len(out) * self.cfg.updates_per_transition
         steps = int(self.owed)
@@ -117,6 +123,10 @@ class InProcessLearned:
         state = torch.tensor([[PAD] * (self.cfg.history_len - len(rows)) + rows])
         with torch.no_grad():
             scores = self.served.score(state, vocab.lookup(candidates))[0].numpy().astype(np.float64)
+        if self.feedback is not None:
+            corr = self.feedback.correction(hist, candidates)
+            if corr is not None:
+                scores = scores + corr
         s = self.settings  # exploration as the ranker draws it
         picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
                                      temperature=s.serve_temperature, pool=s.serve_softmax_pool)
@@ -138,6 +148,10 @@ def main() -> None:
     ap.add_argument("--exploration", default=None, help="slate exploration of the learned arm [the demo's: epsilon]")
     ap.add_argument("--epsilon", type=float, default=None, help="serve_epsilon of the learned arm [the demo's]")
     ap.add_argument("--temperature", type=float, default=None, help="serve_temperature (softmax exploration)")
+    ap.add_argument("--feedback-weight", type=float, default=None,
+                    help="serve_feedback_weight: the ranker's fast feedback layer (0: off) [the default, 20]")
+    ap.add_argument("--feedback-lr", type=float, default=None, help="serve_feedback_lr [0.1]")
+    ap.add_argument("--feedback-hold", type=int, default=None, help="serve_feedback_hold [100000]")
     ap.add_argument("--out", default=None, help="run directory for curves.jsonl/report [a temp dir]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -151,7 +165,8 @@ def main() -> None:
     cfg = LearnerConfig.from_dict({k.replace("-", "_"): v for k, v in learner_args.items()})
     settings = Settings.from_env().replace(**DEMO_SETTINGS)
     for name, val in (("serve_exploration", args.exploration), ("serve_epsilon", args.epsilon),
-                      ("serve_temperature", args.temperature)):
+                      ("serve_temperature", args.temperature), ("serve_feedback_weight", args.feedback_weight),
+                      ("serve_feedback_lr", args.feedback_lr), ("serve_feedback_hold", args.feedback_hold)):
         if val is not None:
             settings = settings.replace(**{name: val})
     rules = JoinRules.from_settings(settings)
@@ -166,7 +181,10 @@ def main() -> None:
     vectors = TextEmbedder(settings.cache_dir, settings.embedding_model).embed([item_text(i) for i in items])
     learner = Learner(None, cfg)
     learner.add_items([i["item_id"] for i in items], vectors)
-    learned = InProcessLearned(learner, rules, settings, args.publish_every, args.seed)
+    feedback = None
+    if settings.serve_feedback_weight > 0:
+        feedback = FeedbackModel.from_settings(ItemEmbeddings([i["item_id"] for i in items], vectors), settings)
+    learned = InProcessLearned(learner, rules, settings, args.publish_every, args.seed, feedback)
     sim.use_policy(learned)
 
     arms = {"learned": sim}

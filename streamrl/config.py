@@ -95,6 +95,11 @@ class Settings:
     serve_epsilon: float = _opt(0.1, "Per-position probability of a uniformly random remaining candidate (epsilon exploration).")
     serve_temperature: float = _opt(1.0, "Softmax temperature of Plackett-Luce slate sampling (softmax exploration).")
     serve_softmax_pool: int = _opt(8, "Top-scored candidates that softmax exploration samples among (exact propensities by subset DP; 1..12).")
+    serve_feedback_weight: float = _opt(20.0, "Weight of the ranker's fast feedback layer in the ranking score (a contextual engagement model on catalog text, learned from live `transitions` after a detected fall of the engagement rate; adapts to interest drift before the learner does). 0: off.")
+    serve_feedback_hold: int = _opt(100_000, "Transitions the fast feedback layer learns and corrects for after a detected fall of the engagement rate (then it is off until the next one); 0: always on.")
+    serve_feedback_lr: float = _opt(0.1, "SGD step of the fast feedback layer, per transition.")
+    serve_feedback_decay: float = _opt(1e-4, "Decay of the fast feedback layer toward zero per transition (memory of ~1/decay transitions).")
+    serve_feedback_dim: int = _opt(32, "Principal axes of the catalog text embeddings the fast feedback layer works in.")
     serve_batch_wait_ms: float = _opt(1.0, "Longest wait for more /rank requests to join one batched forward pass (0: only those already waiting).")
     serve_max_candidates: int = _opt(1000, "Most candidates accepted in one /rank request.")
     serve_max_k: int = _opt(100, "Largest slate (k) accepted in one /rank request.")
@@ -140,6 +145,12 @@ class Settings:
             raise ValueError("serve_epsilon must be in [0, 1]")
         if not self.serve_temperature > 0:
             raise ValueError("serve_temperature must be > 0")
+        if (self.serve_feedback_weight < 0 or self.serve_feedback_lr <= 0 or self.serve_feedback_dim < 1
+                or self.serve_feedback_hold < 0):
+            raise ValueError("serve_feedback_weight and serve_feedback_hold must be >= 0, serve_feedback_lr > 0, "
+                             "serve_feedback_dim >= 1")
+        if not 0.0 <= self.serve_feedback_decay < 1.0:
+            raise ValueError("serve_feedback_decay must be in [0, 1)")
         if not 1 <= self.serve_softmax_pool <= 12:
             raise ValueError("serve_softmax_pool must be in 1..12")
         if not 0 <= self.serve_batch_wait_ms <= 100:

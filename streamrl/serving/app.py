@@ -325,11 +325,15 @@ def create_app(ranker: Ranker, settings: Settings, on_close: Optional[Callable[[
         p = ranker.policy
         if p is None:
             raise NotReady("no verified policy loaded yet")
-        return p.describe()
+        out = p.describe()
+        out["feedback"] = ranker.feedback.describe() if ranker.feedback is not None else None
+        return out
 
     @app.get("/metrics", summary="Prometheus metrics of this process.", dependencies=guarded,
              response_class=Response, responses={401: {"description": "bearer token required"}})
     async def metrics() -> Response:
+        if ranker.feedback is not None:
+            ranker.feedback.sync_metrics()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     rank_schema = handler.model.model_json_schema()

@@ -55,15 +55,17 @@ class Ranker:
 
     ``store`` is a :class:`~streamrl.consumers.store.StateStore` (None: every user is a cold
     start); ``decisions`` a :class:`~streamrl.serving.decisions.DecisionLog` (None: decisions are not
-    logged, counted as disabled).
+    logged, counted as disabled); ``feedback`` a :class:`~streamrl.serving.feedback.FeedbackLayer`
+    whose correction is added to the policy's scores (None: the policy's scores alone).
     """
 
     def __init__(self, settings: Settings, text: ItemEmbeddings | None = None, store=None, decisions=None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, feedback=None) -> None:
         self.settings = settings
         self.text = text if text is not None else ItemEmbeddings.empty()
         self.store = store
         self.decisions = decisions
+        self.feedback = feedback
         self.rng = np.random.default_rng(seed)
         self.policy: Policy | None = None
         self._swap_lock = threading.Lock()   # serialises swappers, never taken by requests
@@ -142,6 +144,11 @@ class Ranker:
             states = np.concatenate([policy.state(t[1] or []) for t in scored])
             scores = policy.score_many(states, [t[2][t[3]] for t in scored])
         by_request = {t[0]: sc for t, sc in zip(scored, scores)}
+        if self.feedback is not None:
+            for n, history, _, known, _ in scored:
+                corr = self.feedback.correction(history, [requests[n][1][j] for j in known.tolist()])
+                if corr is not None:
+                    by_request[n] = by_request[n] + corr
         for n, history, _, known, unknown in todo:
             user_id, candidates, k = requests[n][:3]
             out[n] = self._slate(policy, user_id, candidates, k, history, known, unknown, by_request.get(n))
@@ -214,6 +221,8 @@ class Ranker:
         self.decisions.log(response["user_id"].encode(), orjson.dumps(record))
 
     def close(self) -> None:
+        if self.feedback is not None:
+            self.feedback.close()
         if self.decisions is not None:
             self.decisions.close()
         if self.store is not None:

@@ -1,4 +1,5 @@
-"""Wiring of the ranking service: settings → store, catalog text, producer, ranker, watcher, app."""
+"""Wiring of the ranking service: settings → store, catalog text, producer, ranker, watcher,
+feedback layer, app."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 
 from streamrl.catalog import ItemEmbeddings, TextEmbedder, load_catalog
 from streamrl.config import Settings
+from streamrl.serving.feedback import FeedbackLayer
 from streamrl.serving.ranker import Ranker
 from streamrl.serving.watcher import SnapshotWatcher
 
@@ -23,8 +25,10 @@ def catalog_text(settings: Settings) -> ItemEmbeddings:
     return ItemEmbeddings.from_catalog(load_catalog(settings.catalog_path), embedder)
 
 
-def build_service(settings: Settings, seed: int | None = None, load_timeout_s: float = 10.0) -> tuple[Ranker, SnapshotWatcher]:
-    """A ranker with its store, decisions producer and a started snapshot watcher."""
+def build_service(settings: Settings, seed: int | None = None,
+                  load_timeout_s: float = 10.0) -> tuple[Ranker, SnapshotWatcher]:
+    """A ranker with its store, decisions producer, a started snapshot watcher and, when
+    ``serve_feedback_weight`` > 0 and there are a broker and a catalog, the fast feedback layer."""
     from streamrl.consumers.store import open_store
 
     decisions = None
@@ -34,8 +38,15 @@ def build_service(settings: Settings, seed: int | None = None, load_timeout_s: f
         decisions = DecisionLog(settings)
     else:
         log.warning("no bootstrap servers: decisions are not logged and snapshots come from --snapshot-dir only")
-    ranker = Ranker(settings, catalog_text(settings), open_store(settings.state_store, settings.state_namespace),
-                    decisions, seed=seed)
+    text = catalog_text(settings)
+    feedback = None
+    if settings.serve_feedback_weight > 0:
+        if settings.bootstrap_servers and len(text) >= 2:
+            feedback = FeedbackLayer(settings, text)
+        else:
+            log.warning("fast feedback layer off: it needs a broker (transitions) and a catalog (item text)")
+    ranker = Ranker(settings, text, open_store(settings.state_store, settings.state_namespace),
+                    decisions, seed=seed, feedback=feedback)
     watcher = SnapshotWatcher(settings, ranker)
     watcher.load_initial(timeout_s=load_timeout_s)
     return ranker, watcher.start()

@@ -1,0 +1,322 @@
+"""The ranker's fast feedback layer: a contextual click model that follows live transitions.
+
+A served policy is the learner's Q-network as of its last snapshot; when users' interests move
+(an interest drift), the Q-network needs new data, training and a publish to catch up, and
+meanwhile it keeps ranking by the old mapping from a user's history to what they want next. This
+layer adapts in the ranker itself, in the time the processor needs to emit a view's transition:
+
+- **Space.** Items are their catalog text embeddings projected on the top ``dim`` principal
+  axes of the catalog (fixed at start-up, so the model does not depend on snapshot versions;
+  items the start-up catalog lacks get no correction). A user's context is the recency-weighted
+  mean of their last ``context_len`` engaged items, unit length.
+- **Model.** ``P(engaged | context c, item g, position p) = sigmoid(beta_p + c^T D g)``: ``beta``
+  the position effect, ``D`` a ``dim x dim`` interaction matrix learned by SGD, one step per
+  transition the processor emits (all rankers' traffic: the ``transitions`` topic), with a decay
+  toward zero per transition (a memory of ~``1 / decay`` transitions).
+- **When.** With ``hold`` > 0 (the service's default), an ADWIN detector watches the engagement
+  rate of every transition; when it falls, ``D`` starts from zero and learns for ``hold``
+  transitions, then is zero again. Off a drift the Q-network knows what ``D`` would learn, and
+  a correction that restated it slowed the learner down (it changes what gets served).
+- **Ranking.** The ranker adds ``weight * c^T D g`` to the policy's score of each candidate.
+
+After an interest drift, views of the items the old mapping favours stop being engaged and the
+items users want now are; ``D`` learns that within a few thousand transitions, while the
+learner gathers data, retrains and publishes. :class:`FeedbackLayer` runs the learning in a
+child process (the ranker only reads the matrix); undecodable messages and records that are not
+transitions are counted and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from streamrl import metrics as M
+from streamrl.catalog import ItemEmbeddings
+from streamrl.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Positions with their own engagement intercept; later ones share the last.
+POSITIONS = 20
+
+
+class FeedbackModel:
+    """The contextual engagement model (see the module docstring)."""
+
+    def __init__(self, text: ItemEmbeddings, dim: int = 32, lr: float = 0.1, decay: float = 1e-4,
+                 weight: float = 20.0, context_len: int = 10, recency: float = 0.85, project: bool = True,
+                 hold: int = 0, delta: float = 0.002) -> None:
+        if len(text) < 2:
+            raise ValueError("the feedback layer needs the catalog's text embeddings (at least 2 items)")
+        x = np.asarray(text.matrix, dtype=np.float64)
+        if project:                                      # else: ``text`` holds projected unit vectors
+            z = x - x.mean(0)
+            _, _, vt = np.linalg.svd(z, full_matrices=False)
+            z = z @ vt[:dim].T                           # the top ``dim`` principal axes
+            x = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-9)
+        self.dim = x.shape[1]
+        self.text = text
+        self.vectors = x                                 # (n_items, dim), unit rows
+        self.lr, self.decay, self.weight = lr, decay, weight
+        self.context_len, self.recency = context_len, recency
+        self.D = np.zeros((self.dim, self.dim))
+        self.beta = np.zeros(POSITIONS)
+        self.updates = 0
+        # hold > 0: learn (and correct) only for ``hold`` transitions after a detected fall of the
+        # engagement rate, from a zero matrix; 0: always
+        self.hold, self.delta = hold, delta
+        self.seen, self.active_until, self.drifts = 0, 0, 0
+        self._monitor = None
+
+    @classmethod
+    def from_settings(cls, text: ItemEmbeddings, settings: Settings, project: bool = True) -> "FeedbackModel":
+        """The model the ``serve_feedback_*`` settings describe."""
+        return cls(text, dim=settings.serve_feedback_dim, lr=settings.serve_feedback_lr,
+                   decay=settings.serve_feedback_decay, weight=settings.serve_feedback_weight,
+                   hold=settings.serve_feedback_hold, project=project)
+
+    def _rows(self, item_ids: Iterable[str]) -> np.ndarray:
+        index = self.text.index
+        return np.array([index.get(i, -1) for i in item_ids], dtype=np.int64)
+
+    def context(self, history: list[str] | None) -> np.ndarray | None:
+        """Unit context vector of a history (oldest first); None without a known item.
+
+        >>> m = FeedbackModel(ItemEmbeddings(["a", "b", "c"], np.eye(3)), dim=2)
+        >>> m.context(["zz"]) is None, round(float(np.linalg.norm(m.context(["a", "b"]))), 6)
+        (True, 1.0)
+        """
+        if not history:
+            return None
+        rows = self._rows(history[-self.context_len:])
+        w = self.recency ** np.arange(len(rows))[::-1]
+        w = w[rows >= 0]
+        if not len(w):
+            return None
+        v = w @ self.vectors[rows[rows >= 0]]
+        n = np.linalg.norm(v)
+        return v / n if n > 0 else None
+
+    def correction(self, history: list[str] | None, candidates: list[str]) -> np.ndarray | None:
+        """``weight * c^T D g`` for each candidate (0 for items without text); None: no context."""
+        c = self.context(history)
+        if c is None:
+            return None
+        rows = self._rows(candidates)
+        out = np.zeros(len(candidates))
+        ok = rows >= 0
+        out[ok] = self.vectors[rows[ok]] @ (self.D.T @ c)
+        return self.weight * out
+
+    def update(self, transitions: list[dict[str, Any]]) -> int:
+        """Learn from ``transitions`` (processor records) in order; returns how many were read.
+
+        Engaged = reward above zero. Every transition feeds the position intercepts (and, with
+        ``hold``, the engagement drift detector); ``D`` learns from those with a known action and a
+        history with a known item, while it is on. Records that are not transitions are skipped.
+        """
+        index = self.text.index
+        D, beta, lr, keep = self.D.copy(), self.beta.copy(), self.lr, 1.0 - self.decay
+        scale, read = 1.0, 0
+        # per-transition SGD (a step per view: measured to turn D round after a drift far faster
+        # than summed mini-batch steps); the decay is folded into one scale factor
+        for t in transitions:
+            try:
+                a = index.get(t.get("action"))
+                state = t.get("state")
+                engaged = 1.0 if float(t.get("reward") or 0) > 0 else 0.0
+                p = t.get("position")
+            except (AttributeError, TypeError, ValueError):  # not a transition
+                continue
+            read += 1
+            self.seen += 1
+            p = min(p, POSITIONS - 1) if isinstance(p, int) and p >= 0 else 0
+            if self.hold:
+                if self._engagement_fell(engaged):           # what came before the fall is the old world
+                    D, scale = np.zeros_like(D), 1.0
+                    self.active_until = self.seen + self.hold
+                    self.drifts += 1
+                    log.info("engagement fell (drift %d) at transition %d: D learns from zero for %d transitions",
+                             self.drifts, self.seen, self.hold)
+                elif self.seen == self.active_until + 1:     # the learner has had its time: off again
+                    D, scale = np.zeros_like(D), 1.0
+            on = not self.hold or self.seen <= self.active_until
+            try:
+                c = self.context(state) if on and a is not None else None
+            except TypeError:
+                c = None
+            scale *= keep
+            if scale < 1e-3:                                 # fold the decay in before 1/scale grows large
+                D *= scale
+                scale = 1.0
+            if c is None:                                    # the intercept alone
+                beta[p] += 0.02 * (engaged - 1.0 / (1.0 + math.exp(-min(max(beta[p], -30.0), 30.0))))
+                continue
+            g = self.vectors[a]
+            logit = min(max(beta[p] + scale * float(c @ D @ g), -30.0), 30.0)
+            err = engaged - 1.0 / (1.0 + math.exp(-logit))
+            beta[p] += 0.02 * err
+            D += (lr * err / scale) * np.outer(c, g)
+            self.updates += 1
+        self.D, self.beta = D * scale, beta
+        return read
+
+    def _engagement_fell(self, engaged: float) -> bool:
+        if self._monitor is None:
+            from streamrl.learner.drift import DriftMonitor
+
+            self._monitor = DriftMonitor(self.delta)
+        return self._monitor.update("reward", engaged)
+
+    def describe(self) -> dict[str, Any]:
+        return {"dim": self.dim, "weight": self.weight, "lr": self.lr, "decay": self.decay, "hold": self.hold,
+                "transitions": self.updates, "norm": round(float(np.linalg.norm(self.D)), 4)}
+
+
+class FeedbackLayer:
+    """The ranker's side: a :class:`FeedbackModel` whose matrix a child process keeps learning.
+
+    Applying transitions is a Python loop per view; in the serving process it would hold the GIL
+    that every request needs (a closed-loop demo ran at half its event rate). The child
+    (``python -m streamrl.serving.feedback DIR``) reads ``transitions`` from its end, learns, and
+    writes ``D``, ``beta`` and its counters into a shared memory-mapped file after every poll; the
+    ranker reads the matrix from there for each request (a torn read mixes two consecutive
+    updates: harmless). The child exits when the ranker closes the layer or dies.
+    """
+
+    def __init__(self, settings: Settings, text: ItemEmbeddings) -> None:
+        import json
+        import subprocess
+        import sys
+        import tempfile
+
+        self.model = FeedbackModel.from_settings(text, settings)
+        self.dir = Path(tempfile.mkdtemp(prefix="streamrl-feedback-"))
+        np.save(self.dir / "vectors.npy", self.model.vectors)
+        (self.dir / "items.json").write_text(json.dumps(text.item_ids))
+        self.shared = shared_state(self.dir, self.model.dim, create=True)
+        self._counted = np.zeros(3)
+        env = {**os.environ, **settings.to_env(), "STREAMRL_FEEDBACK_PARENT": str(os.getpid())}
+        self._proc = subprocess.Popen([sys.executable, "-m", "streamrl.serving.feedback", str(self.dir)], env=env,
+                                      start_new_session=True)   # stopped by close(), not by the server's Ctrl-C
+
+    def _matrix(self) -> np.ndarray:
+        d = self.model.dim
+        return np.array(self.shared[:d * d]).reshape(d, d)
+
+    def correction(self, history: list[str] | None, candidates: list[str]) -> np.ndarray | None:
+        self.model.D = self._matrix()
+        return self.model.correction(history, candidates)
+
+    def sync_metrics(self) -> None:
+        """Carry the child's counters and the matrix norm into this process's metrics."""
+        counts = np.array(self.shared[-3:])
+        for outcome, delta in zip(("applied", "skipped", "malformed"), counts - self._counted):
+            if delta > 0:
+                M.SERVING_FEEDBACK.labels(outcome).inc(delta)
+        self._counted = counts
+        M.SERVING_FEEDBACK_NORM.set(float(np.linalg.norm(self._matrix())))
+        M.SERVING_FEEDBACK_LAG.set(float(self.shared[-4]))
+
+    def describe(self) -> dict[str, Any]:
+        self.model.D = self._matrix()
+        out = self.model.describe()
+        out["transitions"] = int(self.shared[-3])
+        out["lag_s"] = round(float(self.shared[-4]), 3)
+        out["learning"] = self._proc.poll() is None
+        return out
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        import shutil
+        import subprocess
+
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def shared_state(directory: Path, dim: int, create: bool = False) -> np.ndarray:
+    """The shared file: ``D`` (dim*dim), ``beta`` (POSITIONS), the lag (seconds from a message's
+    Kafka timestamp to its application, last poll), counters applied/skipped/malformed."""
+    size = dim * dim + POSITIONS + 4
+    return np.lib.format.open_memmap(directory / "state.npy", mode="w+" if create else "r+",
+                                     dtype=np.float64, shape=(size,) if create else None)
+
+
+def main() -> None:
+    """The learning child of :class:`FeedbackLayer`: transitions → model → shared file."""
+    import json
+    import signal
+    import sys
+
+    from kafka import TopicPartition
+
+    from streamrl.kafka import make_consumer
+    from streamrl.schema import decode_transitions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s feedback: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    directory = Path(sys.argv[1])
+    settings = Settings.from_env()
+    parent = int(os.environ.get("STREAMRL_FEEDBACK_PARENT", os.getppid()))
+    ids = json.loads((directory / "items.json").read_text())
+    vectors = np.load(directory / "vectors.npy")
+    model = FeedbackModel.from_settings(ItemEmbeddings(ids, vectors), settings, project=False)
+    shared = shared_state(directory, model.dim)
+    stop = [False]
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    topic = settings.topic("transitions")
+    consumer = make_consumer(settings, group_id=None, auto_offset_reset="latest")
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or range(settings.partitions))]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)                           # what happens from now on, not the topic's history
+    counts, lag = np.zeros(3), 0.0
+    d2 = model.dim * model.dim
+    last_log, lags = time.monotonic(), []
+    while not stop[0] and os.getppid() == parent:
+        try:
+            polled = consumer.poll(timeout_ms=100)
+        except Exception as e:  # broker trouble: the ranker keeps the matrix as it is; retry
+            log.warning("poll failed (%s); retrying", e)
+            time.sleep(1.0)
+            continue
+        for records in polled.values():
+            for rec in records:
+                try:
+                    batch = decode_transitions(rec.value)
+                    if not isinstance(batch, list):
+                        raise TypeError("transitions is not a list")
+                except (ValueError, TypeError, KeyError, AttributeError) as e:
+                    counts[2] += 1
+                    log.warning("undecodable transitions message at partition %d offset %d: %s",
+                                rec.partition, rec.offset, e)
+                    continue
+                n = model.update(batch)
+                counts[0] += n
+                counts[1] += len(batch) - n
+                lag = max(0.0, time.time() - rec.timestamp / 1000.0)
+        if polled:
+            shared[:d2] = model.D.ravel()
+            shared[d2:d2 + POSITIONS] = model.beta
+            shared[-4] = lag
+            shared[-3:] = counts
+            lags.append(lag)
+        if time.monotonic() - last_log >= 10 and lags:
+            log.info("%d transitions applied (%d skipped, %d malformed messages); lag p50 %.2f s, max %.2f s",
+                     counts[0], counts[1], counts[2], float(np.median(lags)), max(lags))
+            last_log, lags = time.monotonic(), []
+    consumer.close()
+
+
+if __name__ == "__main__":
+    main()

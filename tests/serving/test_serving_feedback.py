@@ -1,0 +1,113 @@
+"""The ranker's fast feedback layer: it learns from transitions, turns round after a drift, skips
+bad records, and its child process learns from the real ``transitions`` topic."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from streamrl.catalog import ItemEmbeddings
+from streamrl.kafka import make_producer
+from streamrl.schema import encode_transitions
+from streamrl.serving.feedback import FeedbackLayer, FeedbackModel
+
+GROUPS = 4
+
+
+def _catalog(per_group: int = 25, seed: int = 0) -> ItemEmbeddings:
+    """Items in GROUPS text clusters (like the simulator's topics): ``g<k>-<n>``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((GROUPS, 384))
+    ids, rows = [], []
+    for k in range(GROUPS):
+        for n in range(per_group):
+            ids.append(f"g{k}-{n}")
+            rows.append(centres[k] + 0.3 * rng.standard_normal(384))
+    return ItemEmbeddings(ids, np.array(rows, dtype=np.float32))
+
+
+def _transitions(rng, likes: dict[int, int], n: int, per_group: int = 25, served: float = 0.0) -> list[dict]:
+    """Users whose history is group ``h`` engage (60%) with items of ``likes[h]``, else 2%; a
+    share ``served`` of the views shows items of their own group (a policy that learned the
+    world before it drifted), the rest of a random group."""
+    out = []
+    for _ in range(n):
+        h = int(rng.integers(GROUPS))
+        a = h if rng.random() < served else int(rng.integers(GROUPS))
+        state = [f"g{h}-{int(i)}" for i in rng.integers(per_group, size=5)]
+        engaged = rng.random() < (0.6 if a == likes[h] else 0.02)
+        out.append({"state": state, "action": f"g{a}-{int(rng.integers(per_group))}", "reward": float(engaged),
+                    "position": int(rng.integers(10))})
+    return out
+
+
+def _preferred(model: FeedbackModel | FeedbackLayer, h: int) -> int:
+    """The group whose items get the largest correction for a user with a group-``h`` history."""
+    cands = [f"g{k}-{n}" for k in range(GROUPS) for n in range(25)]
+    corr = model.correction([f"g{h}-{n}" for n in range(5)], cands)
+    return int(np.argmax(corr.reshape(GROUPS, 25).mean(1)))
+
+
+def test_it_learns_who_engages_with_what_and_turns_round_after_a_drift():
+    model = FeedbackModel(_catalog(), dim=8)
+    rng = np.random.default_rng(1)
+    assert model.correction(["g0-1"], ["g1-1", "g2-2"]).tolist() == [0.0, 0.0]   # nothing learned yet
+    same = {h: h for h in range(GROUPS)}
+    assert model.update(_transitions(rng, same, 4000)) == 4000
+    assert [_preferred(model, h) for h in range(GROUPS)] == [0, 1, 2, 3]
+    rotated = {h: (h + 1) % GROUPS for h in range(GROUPS)}                      # an interest drift
+    model.update(_transitions(rng, rotated, 3000))
+    assert [_preferred(model, h) for h in range(GROUPS)] == [1, 2, 3, 0]
+
+
+def test_with_hold_it_learns_only_after_engagement_falls_and_stops_after_hold():
+    model = FeedbackModel(_catalog(), dim=8, hold=6000)
+    rng = np.random.default_rng(4)
+    model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 6000, served=0.7))  # a steady world
+    assert model.drifts == 0 and not model.D.any()                                    # nothing to correct
+    rotated = {h: (h + 1) % GROUPS for h in range(GROUPS)}
+    model.update(_transitions(rng, rotated, 3000, served=0.7))                        # engagement falls
+    assert model.drifts == 1 and [_preferred(model, h) for h in range(GROUPS)] == [1, 2, 3, 0]
+    model.update(_transitions(rng, rotated, 4000, served=0.7))                        # the hold runs out
+    assert model.drifts == 1 and not model.D.any()
+
+
+def test_bad_transitions_are_skipped_and_the_rest_applied():
+    model = FeedbackModel(_catalog(), dim=8)
+    good = _transitions(np.random.default_rng(2), {h: h for h in range(GROUPS)}, 10)
+    bad = [None, "x", {"state": "g0-1", "action": ["g1-1"]}, {"state": ["nope"], "action": "g1-1", "reward": 1},
+           {"state": ["g0-1"], "action": "g1-1", "reward": "lots"}, {"state": ["g0-1"], "action": "unknown"}]
+    assert model.update(bad + good) == 12            # 10 + 2 with unknown items (they feed the intercepts)
+    assert np.isfinite(model.D).all() and model.updates == 10
+    assert model.correction(None, ["g0-1"]) is None and model.correction(["unknown"], ["g0-1"]) is None
+    assert model.correction(["g0-1"], ["g0-2", "unknown"])[1] == 0.0
+
+
+def test_the_child_learns_from_the_transitions_topic(settings):
+    s = settings.replace(serve_feedback_dim=8, serve_feedback_hold=0)            # always on: no drift here
+    layer = FeedbackLayer(s, _catalog())
+    try:
+        time.sleep(2.0)                                   # the child is at the topic's end
+        producer = make_producer(s)
+        topic = s.topic("transitions")
+        producer.send(topic, value=b"not json", partition=0)
+        rng = np.random.default_rng(3)
+        for _ in range(4):
+            producer.send(topic, value=encode_transitions(_transitions(rng, {h: h for h in range(GROUPS)}, 1000)),
+                          partition=1)
+        producer.flush()
+        producer.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and layer.describe()["transitions"] < 4000:
+            time.sleep(0.2)
+        info = layer.describe()
+        assert info["transitions"] == 4000 and info["learning"] and info["norm"] > 0
+        assert [_preferred(layer, h) for h in range(GROUPS)] == [0, 1, 2, 3]
+        layer.sync_metrics()
+        from streamrl import metrics as M
+        assert M.SERVING_FEEDBACK.labels("malformed")._value.get() >= 1
+    finally:
+        layer.close()
+    assert layer._proc.poll() is not None and not layer.dir.exists()
+
