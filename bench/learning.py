@@ -152,6 +152,7 @@ def main() -> None:
                     help="serve_feedback_weight: the ranker's fast feedback layer (0: off) [the default, 20]")
     ap.add_argument("--feedback-lr", type=float, default=None, help="serve_feedback_lr [0.1]")
     ap.add_argument("--feedback-hold", type=int, default=None, help="serve_feedback_hold [100000]")
+    ap.add_argument("--feedback-decay", type=float, default=None, help="serve_feedback_decay [1e-4]")
     ap.add_argument("--out", default=None, help="run directory for curves.jsonl/report [a temp dir]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -166,7 +167,8 @@ def main() -> None:
     settings = Settings.from_env().replace(**DEMO_SETTINGS)
     for name, val in (("serve_exploration", args.exploration), ("serve_epsilon", args.epsilon),
                       ("serve_temperature", args.temperature), ("serve_feedback_weight", args.feedback_weight),
-                      ("serve_feedback_lr", args.feedback_lr), ("serve_feedback_hold", args.feedback_hold)):
+                      ("serve_feedback_lr", args.feedback_lr), ("serve_feedback_hold", args.feedback_hold),
+                      ("serve_feedback_decay", args.feedback_decay)):
         if val is not None:
             settings = settings.replace(**{name: val})
     rules = JoinRules.from_settings(settings)

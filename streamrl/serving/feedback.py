@@ -15,7 +15,9 @@ layer adapts in the ranker itself, in the time the processor needs to emit a vie
   toward zero per transition (a memory of ~``1 / decay`` transitions).
 - **When.** With ``hold`` > 0 (the service's default), an ADWIN detector watches the engagement
   rate of every transition; when it falls, ``D`` starts from zero and learns for ``hold``
-  transitions, then is zero again. Off a drift the Q-network knows what ``D`` would learn, and
+  transitions, then is zero again. A fall while it learns extends the time; it starts ``D``
+  over only if the rate fell below :data:`RESTART_BELOW` of the rate ``D`` started from (a drift
+  soon after a false alarm), not for the dips of a recovering policy. Off a drift the Q-network knows what ``D`` would learn, and
   a correction that restated it slowed the learner down (it changes what gets served).
 - **Ranking.** The ranker adds ``weight * c^T D g`` to the policy's score of each candidate.
 
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: Positions with their own engagement intercept; later ones share the last.
 POSITIONS = 20
+#: A fall detected while D is on starts it over only below this share of the engagement rate
+#: it started from.
+RESTART_BELOW = 0.8
 
 
 class FeedbackModel:
@@ -72,7 +77,7 @@ class FeedbackModel:
         # hold > 0: learn (and correct) only for ``hold`` transitions after a detected fall of the
         # engagement rate, from a zero matrix; 0: always
         self.hold, self.delta = hold, delta
-        self.seen, self.active_until, self.drifts = 0, 0, 0
+        self.seen, self.active_until, self.drifts, self._level = 0, 0, 0, 0.0
         self._monitor = None
 
     @classmethod
@@ -139,12 +144,19 @@ class FeedbackModel:
             self.seen += 1
             p = min(p, POSITIONS - 1) if isinstance(p, int) and p >= 0 else 0
             if self.hold:
-                if self._engagement_fell(engaged):           # what came before the fall is the old world
-                    D, scale = np.zeros_like(D), 1.0
-                    self.active_until = self.seen + self.hold
+                if self._engagement_fell(engaged):
                     self.drifts += 1
-                    log.info("engagement fell (drift %d) at transition %d: D learns from zero for %d transitions",
-                             self.drifts, self.seen, self.hold)
+                    level = self._monitor.get("reward")      # the engagement rate after the fall
+                    # a fall from a steady state, or below the level D has been learning from
+                    # (a drift soon after a false alarm), starts over: what came before is the
+                    # old world. A dip while D is on keeps what it learned (a recovering
+                    # policy's engagement dips too; starting over threw the new mapping away)
+                    fresh = self.seen > self.active_until or level < RESTART_BELOW * self._level
+                    if fresh:
+                        D, scale, self._level = np.zeros_like(D), 1.0, level
+                    self.active_until = self.seen + self.hold
+                    log.info("engagement fell to %.4f (drift %d) at transition %d: D %s for %d transitions", level,
+                             self.drifts, self.seen, "learns from zero" if fresh else "keeps learning", self.hold)
                 elif self.seen == self.active_until + 1:     # the learner has had its time: off again
                     D, scale = np.zeros_like(D), 1.0
             on = not self.hold or self.seen <= self.active_until
