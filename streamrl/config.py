@@ -99,7 +99,7 @@ class Settings:
     serve_feedback_hold: int = _opt(100_000, "Transitions the fast feedback layer learns and corrects for after a detected fall of the engagement rate (then it is off until the next one); 0: always on.")
     serve_feedback_lr: float = _opt(0.1, "SGD step of the fast feedback layer, per transition.")
     serve_feedback_decay: float = _opt(1e-4, "Decay of the fast feedback layer toward zero per transition (memory of ~1/decay transitions).")
-    serve_feedback_dim: int = _opt(32, "Principal axes of the catalog text embeddings the fast feedback layer works in.")
+    serve_feedback_dim: int = _opt(64, "Principal axes of the catalog text embeddings the fast feedback layer works in.")
     serve_batch_wait_ms: float = _opt(1.0, "Longest wait for more /rank requests to join one batched forward pass (0: only those already waiting).")
     serve_max_candidates: int = _opt(1000, "Most candidates accepted in one /rank request.")
     serve_max_k: int = _opt(100, "Largest slate (k) accepted in one /rank request.")

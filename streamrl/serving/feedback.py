@@ -16,8 +16,8 @@ layer adapts in the ranker itself, in the time the processor needs to emit a vie
 - **When.** With ``hold`` > 0 (the service's default), an ADWIN detector watches the engagement
   rate of every transition; when it falls, ``D`` starts from zero and learns for ``hold``
   transitions, then is zero again. A fall while it learns extends the time; it starts ``D``
-  over only if the rate fell below :data:`RESTART_BELOW` of the rate ``D`` started from (a drift
-  soon after a false alarm), not for the dips of a recovering policy. Off a drift the Q-network knows what ``D`` would learn, and
+  over only if the rate fell below :data:`RESTART_BELOW` of the lowest rate since ``D`` started
+  (a drift soon after a false alarm), not for the dips of a recovering policy. Off a drift the Q-network knows what ``D`` would learn, and
   a correction that restated it slowed the learner down (it changes what gets served).
 - **Ranking.** The ranker adds ``weight * c^T D g`` to the policy's score of each candidate.
 
@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Positions with their own engagement intercept; later ones share the last.
 POSITIONS = 20
-#: A fall detected while D is on starts it over only below this share of the engagement rate
-#: it started from.
+#: A fall detected while D is on starts it over only below this share of the lowest engagement
+#: rate since it started.
 RESTART_BELOW = 0.8
 
 
@@ -147,7 +147,7 @@ class FeedbackModel:
                 if self._engagement_fell(engaged):
                     self.drifts += 1
                     level = self._monitor.get("reward")      # the engagement rate after the fall
-                    # a fall from a steady state, or below the level D has been learning from
+                    # a fall from a steady state, or well below the lowest rate since D started
                     # (a drift soon after a false alarm), starts over: what came before is the
                     # old world. A dip while D is on keeps what it learned (a recovering
                     # policy's engagement dips too; starting over threw the new mapping away)
@@ -159,6 +159,8 @@ class FeedbackModel:
                              self.drifts, self.seen, "learns from zero" if fresh else "keeps learning", self.hold)
                 elif self.seen == self.active_until + 1:     # the learner has had its time: off again
                     D, scale = np.zeros_like(D), 1.0
+                elif self.seen <= self.active_until:         # the lowest rate since D started
+                    self._level = min(self._level, self._monitor.get("reward"))
             on = not self.hold or self.seen <= self.active_until
             try:
                 c = self.context(state) if on and a is not None else None
