@@ -13,12 +13,14 @@ layer adapts in the ranker itself, in the time the processor needs to emit a vie
   the position effect, ``D`` a ``dim x dim`` interaction matrix learned by SGD, one step per
   transition the processor emits (all rankers' traffic: the ``transitions`` topic), with a decay
   toward zero per transition (a memory of ~``1 / decay`` transitions).
-- **When.** With ``hold`` > 0 (the service's default), an ADWIN detector watches the engagement
-  rate of every transition; when it falls, ``D`` starts from zero and learns for ``hold``
-  transitions, then is zero again. A fall while it learns extends the time; it starts ``D``
-  over only if the rate fell below :data:`RESTART_BELOW` of the lowest rate since ``D`` started
-  (a drift soon after a false alarm), not for the dips of a recovering policy. Off a drift the Q-network knows what ``D`` would learn, and
-  a correction that restated it slowed the learner down (it changes what gets served).
+- **When.** With ``hold`` > 0 (the service's default), the engagement rate of every transition
+  is watched; when the recent rate (~2k transitions) falls a fifth below the long-run one (~10k;
+  :data:`FALL_SHARE`), ``D`` starts from zero and learns for ``hold`` transitions, then is zero
+  again. A fall while it learns extends the time; it starts ``D`` over only if the rate fell
+  below :data:`RESTART_BELOW` of the lowest rate since ``D`` started (a drift soon after a
+  false alarm), not for the dips of a recovering policy. Off a drift the Q-network knows what
+  ``D`` would learn, and a correction that restated it slowed the learner down (it changes
+  what gets served).
 - **Ranking.** The ranker adds ``weight * c^T D g`` to the policy's score of each candidate.
 
 After an interest drift, views of the items the old mapping favours stop being engaged and the
@@ -47,6 +49,10 @@ log = logging.getLogger(__name__)
 
 #: Positions with their own engagement intercept; later ones share the last.
 POSITIONS = 20
+#: A fall of the engagement rate counts when the recent rate goes below this share of the long-run one.
+FALL_SHARE = 0.8
+#: Per-transition weights of the recent and the long-run engagement rate (averages over ~2k and ~10k).
+RECENT_ALPHA, LONG_RUN_ALPHA = 1 / 2000, 1e-4
 #: A fall detected while D is on starts it over only below this share of the lowest engagement
 #: rate since it started.
 RESTART_BELOW = 0.8
@@ -57,7 +63,7 @@ class FeedbackModel:
 
     def __init__(self, text: ItemEmbeddings, dim: int = 32, lr: float = 0.1, decay: float = 1e-4,
                  weight: float = 20.0, context_len: int = 10, recency: float = 0.85, project: bool = True,
-                 hold: int = 0, delta: float = 0.002) -> None:
+                 hold: int = 0) -> None:
         if len(text) < 2:
             raise ValueError("the feedback layer needs the catalog's text embeddings (at least 2 items)")
         x = np.asarray(text.matrix, dtype=np.float64)
@@ -76,9 +82,9 @@ class FeedbackModel:
         self.updates = 0
         # hold > 0: learn (and correct) only for ``hold`` transitions after a detected fall of the
         # engagement rate, from a zero matrix; 0: always
-        self.hold, self.delta = hold, delta
+        self.hold = hold
         self.seen, self.active_until, self.drifts, self._level = 0, 0, 0, 0.0
-        self._monitor = None
+        self._long_run, self._recent, self._low = 0.0, 0.0, False
 
     @classmethod
     def from_settings(cls, text: ItemEmbeddings, settings: Settings, project: bool = True) -> "FeedbackModel":
@@ -146,7 +152,7 @@ class FeedbackModel:
             if self.hold:
                 if self._engagement_fell(engaged):
                     self.drifts += 1
-                    level = self._monitor.get("reward")      # the engagement rate after the fall
+                    level = self._recent                     # the engagement rate after the fall
                     # a fall from a steady state, or well below the lowest rate since D started
                     # (a drift soon after a false alarm), starts over: what came before is the
                     # old world. A dip while D is on keeps what it learned (a recovering
@@ -160,7 +166,7 @@ class FeedbackModel:
                 elif self.seen == self.active_until + 1:     # the learner has had its time: off again
                     D, scale = np.zeros_like(D), 1.0
                 elif self.seen <= self.active_until:         # the lowest rate since D started
-                    self._level = min(self._level, self._monitor.get("reward"))
+                    self._level = min(self._level, self._recent)
             on = not self.hold or self.seen <= self.active_until
             try:
                 c = self.context(state) if on and a is not None else None
@@ -183,11 +189,19 @@ class FeedbackModel:
         return read
 
     def _engagement_fell(self, engaged: float) -> bool:
-        if self._monitor is None:
-            from streamrl.learner.drift import DriftMonitor
-
-            self._monitor = DriftMonitor(self.delta)
-        return self._monitor.update("reward", engaged)
+        """Whether the recent engagement rate (a ~2k-transition average) just fell below
+        :data:`FALL_SHARE` of the long-run one (~10k transitions, and not before 10k); it re-arms
+        once the recent rate is back above 0.9 of the long-run one. (river's ADWIN, which cuts
+        at any significant change of the mean, also fired at small dips, 2-4 times in some
+        130 s demo runs, and D learning from zero in a steady world costs reward.)"""
+        n = self.seen
+        self._long_run += max(LONG_RUN_ALPHA, 1.0 / n) * (engaged - self._long_run)
+        self._recent += max(RECENT_ALPHA, 1.0 / n) * (engaged - self._recent)
+        if self._low:
+            self._low = self._recent < 0.9 * self._long_run
+            return False
+        self._low = n >= 1.0 / LONG_RUN_ALPHA and self._recent < FALL_SHARE * self._long_run
+        return self._low
 
     def describe(self) -> dict[str, Any]:
         return {"dim": self.dim, "weight": self.weight, "lr": self.lr, "decay": self.decay, "hold": self.hold,

@@ -64,7 +64,7 @@ def test_it_learns_who_engages_with_what_and_turns_round_after_a_drift():
 def test_with_hold_it_learns_only_after_engagement_falls_and_stops_after_hold():
     model = FeedbackModel(_catalog(), dim=8, hold=6000)
     rng = np.random.default_rng(4)
-    model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 6000, served=0.7))  # a steady world
+    model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 12000, served=0.7))  # a steady world
     assert model.drifts == 0 and not model.D.any()                                    # nothing to correct
     rotated = {h: (h + 1) % GROUPS for h in range(GROUPS)}
     model.update(_transitions(rng, rotated, 3000, served=0.7))                        # engagement falls
