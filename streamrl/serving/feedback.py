@@ -115,15 +115,18 @@ class FeedbackModel:
         n = np.linalg.norm(v)
         return v / n if n > 0 else None
 
-    def correction(self, history: list[str] | None, candidates: list[str]) -> np.ndarray | None:
-        """``weight * c^T D g`` for each candidate (0 for items without text); None: no context."""
+    def correction(self, history: list[str] | None, candidates: list[str],
+                   D: np.ndarray | None = None) -> np.ndarray | None:
+        """``weight * c^T D g`` for each candidate (0 for items without text); None: no context.
+        ``D``: the matrix to use (default: this model's)."""
+        D = self.D if D is None else D
         c = self.context(history)
         if c is None:
             return None
         rows = self._rows(candidates)
         out = np.zeros(len(candidates))
         ok = rows >= 0
-        out[ok] = self.vectors[rows[ok]] @ (self.D.T @ c)
+        out[ok] = self.vectors[rows[ok]] @ (D.T @ c)
         return self.weight * out
 
     def update(self, transitions: list[dict[str, Any]]) -> int:
@@ -236,12 +239,12 @@ class FeedbackLayer:
                                       start_new_session=True)   # stopped by close(), not by the server's Ctrl-C
 
     def _matrix(self) -> np.ndarray:
+        """The child's current ``D``: a view of the shared file (no copy per request)."""
         d = self.model.dim
-        return np.array(self.shared[:d * d]).reshape(d, d)
+        return self.shared[:d * d].reshape(d, d)
 
     def correction(self, history: list[str] | None, candidates: list[str]) -> np.ndarray | None:
-        self.model.D = self._matrix()
-        return self.model.correction(history, candidates)
+        return self.model.correction(history, candidates, self._matrix())
 
     def sync_metrics(self) -> None:
         """Carry the child's counters and the matrix norm into this process's metrics."""
@@ -254,8 +257,8 @@ class FeedbackLayer:
         M.SERVING_FEEDBACK_LAG.set(float(self.shared[-4]))
 
     def describe(self) -> dict[str, Any]:
-        self.model.D = self._matrix()
         out = self.model.describe()
+        out["norm"] = round(float(np.linalg.norm(self._matrix())), 4)
         out["transitions"] = int(self.shared[-3])
         out["lag_s"] = round(float(self.shared[-4]), 3)
         out["learning"] = self._proc.poll() is None
