@@ -95,7 +95,9 @@ class ItemVocab:
         return {"ids": list(self.ids[1:])}
 
     @classmethod
-    def from_state_dict(cls, d: dict, text_dim: int) -> "ItemVocab":
-        v = cls(text_dim=text_dim, capacity=len(d["ids"]) + 1)
+    def from_state_dict(cls, d: dict, text_dim: int, capacity: int = 0) -> "ItemVocab":
+        """The vocabulary of a checkpoint, with room for ``capacity`` rows (the checkpointed
+        networks' item tables, so they load as saved)."""
+        v = cls(text_dim=text_dim, capacity=max(capacity, len(d["ids"]) + 1))
         v.add_list(d["ids"])
         return v

@@ -104,11 +104,13 @@ class Learner:
             if saved != {k: getattr(cfg, k) for k in shape}:
                 raise CheckpointError(f"checkpoint in {self.checkpoint_dir} has network shape {saved}; "
                                       "start with the same --dim/--hidden/--history-len/--encoder or a new --learner-dir")
-            self.vocab = ItemVocab.from_state_dict(state["vocab"], cfg.text_dim)
+        # networks are built with the checkpoint's item rows (so its tables load as saved; the
+        # vocabulary may have grown past them before the checkpoint) and grown by _attach_text
         rows = state["model"]["item_id.weight"].shape[0] if state else self.vocab.text.shape[0]
-        self.vocab._reserve(rows)
-        self.online = build_model(self.vocab.text.shape[0], cfg).to(self.device)
-        self.target = build_model(self.vocab.text.shape[0], cfg).to(self.device)
+        if state is not None:
+            self.vocab = ItemVocab.from_state_dict(state["vocab"], cfg.text_dim, capacity=rows)
+        self.online = build_model(rows, cfg).to(self.device)
+        self.target = build_model(rows, cfg).to(self.device)
         self.opt = torch.optim.Adam(self.online.parameters(), lr=cfg.lr)
         if state is None:
             self.target.load_state_dict(self.online.state_dict())

@@ -174,6 +174,21 @@ def test_checkpoint_roundtrip_resumes_state(tmp_path):
     assert state["refill"] == {0: 0}
 
 
+def test_checkpoint_with_more_items_than_half_the_table_resumes(tmp_path):
+    # 600 items fill a 1024-row table past half: the restored vocabulary must not double its
+    # capacity before the saved tables load (it did: "size mismatch for item_id.weight")
+    lr = learner(tmp_path)
+    items = [f"x{k}" for k in range(600)]
+    lr.add_items(items, np.random.default_rng(0).normal(size=(600, 384)).astype(np.float32))
+    lr.train(5)
+    lr.checkpoint()
+    rows = lr.online.n_items
+    lr2 = Learner(None, LearnerConfig(**CFG), checkpoint_dir=str(tmp_path))
+    assert lr2.vocab.ids == lr.vocab.ids and lr2.online.n_items == rows
+    assert torch.equal(lr2.online.item_id.weight, lr.online.item_id.weight)
+    lr2.train(5)  # and it trains on
+
+
 def test_checkpoint_of_another_network_shape_is_refused(tmp_path):
     from streamrl.errors import CheckpointError
 
