@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from streamrl.config import Settings
+from streamrl.errors import StreamrlError
 from streamrl.kafka import EmbeddedBroker, ensure_topics, free_port, read_all
 from streamrl.producers.closed_loop import BASELINE_ARMS, CURVES, PRODUCED, SERVED, read_status
 from streamrl.producers.simulator import SimConfig
@@ -92,6 +93,9 @@ DEMO_LEARNER: dict[str, Any] = {
 }
 
 ROLES = ("processor", "learner", "ranker", "simulator", "baselines")
+
+#: What a run leaves in its directory that a new run must not pick up.
+PREVIOUS_RUN = ("learner", "state.db", CURVES, "summary.json")
 
 
 @dataclass
@@ -360,8 +364,13 @@ def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig
     """The whole run; returns the summary (also ``run_dir/summary.json``, ``report.md``, ``reward.png``)."""
     demo = demo or DemoConfig()
     run_dir = run_dir.resolve()
+    # a run's learner checkpoint, user state and curves belong to the broker it ran against: a
+    # second run on top of them would resume a learner at offsets of a broker that is gone
+    left = sorted(p.name for p in (run_dir / n for n in PREVIOUS_RUN) if p.exists())
+    if left:
+        raise StreamrlError(f"{run_dir} holds a previous run ({', '.join(left)}): "
+                            "give a new --run-dir or remove that one")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CURVES).unlink(missing_ok=True)
     started = time.monotonic()
     settings = demo_settings(settings, run_dir, explicit or set())
     broker = None

@@ -72,3 +72,12 @@ def test_short_demo_closes_the_loop_and_reports(demo_run, settings):
     assert "| learned |" in (run_dir / "report.md").read_text()
     for role in ("processor", "learner", "ranker", "simulator", "baselines"):
         assert (run_dir / f"{role}.log").exists()
+
+
+def test_demo_refuses_a_run_directory_that_holds_a_previous_run(tmp_path):
+    # the old run's learner checkpoint would resume at offsets of a broker that is gone
+    (tmp_path / "learner").mkdir()
+    out = subprocess.run([sys.executable, "-m", "streamrl.cli", "demo", "--run-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "holds a previous run (learner)" in out.stderr and "new --run-dir" in out.stderr
