@@ -94,6 +94,9 @@ DEMO_LEARNER: dict[str, Any] = {
 
 ROLES = ("processor", "learner", "ranker", "simulator", "baselines")
 
+#: Shortest closed loop of a default run, however long start-up took.
+MIN_LOOP_S = 30.0
+
 #: What a run leaves in its directory that a new run must not pick up.
 PREVIOUS_RUN = ("learner", "state.db", CURVES, "summary.json")
 
@@ -101,9 +104,17 @@ PREVIOUS_RUN = ("learner", "state.db", CURVES, "summary.json")
 @dataclass
 class DemoConfig:
     events: int = 1_000_000
-    """Event budget of each arm (the default is more than 130 s give on 2 cores: the duration decides)."""
-    duration_s: float = 130.0
-    """Longest the closed loop runs (wall seconds); the demo ends at whichever comes first."""
+    """Event budget of each arm (the default is more than 2-3 minutes give on 2 cores: the duration decides)."""
+    duration_s: float | None = None
+    """Longest the closed loop runs (wall seconds); the demo ends at whichever comes first. None:
+    what ``wall_budget_s`` leaves once the pipeline is up (less ``finish_reserve_s``)."""
+    wall_budget_s: float = 170.0
+    """Wall time of the whole run, start to summary, when ``duration_s`` is None: the closed loop
+    gets what start-up (broker, catalog embedding, torch imports) leaves of it, so the demo stays
+    under 3 minutes on a slow machine and learns for longer where start-up is quick."""
+    finish_reserve_s: float = 15.0
+    """Wall seconds kept, within ``wall_budget_s``, for the baselines to catch up, every process to
+    stop and the report to be drawn (5-8 s on 2 cores)."""
     rate: float = 0.0
     """Events per second the closed loop may produce at most (0: as fast as the ranker serves)."""
     arms: tuple[str, ...] = BASELINE_ARMS
@@ -359,6 +370,19 @@ def _progress_line(elapsed: float, status: dict | None, arms: dict[str, list[dic
     return " | ".join(parts)
 
 
+def loop_duration(demo: DemoConfig, up_s: float) -> float:
+    """Seconds the closed loop may run, the pipeline having taken ``up_s`` to come up.
+
+    >>> loop_duration(DemoConfig(), 5.0), loop_duration(DemoConfig(duration_s=60.0), 5.0)
+    (150.0, 60.0)
+    >>> loop_duration(DemoConfig(), 200.0)  # start-up ate the budget: still a short loop
+    30.0
+    """
+    if demo.duration_s is not None:
+        return demo.duration_s
+    return max(MIN_LOOP_S, demo.wall_budget_s - demo.finish_reserve_s - up_s)
+
+
 def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig | None = None,
              explicit: set[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """The whole run; returns the summary (also ``run_dir/summary.json``, ``report.md``, ``reward.png``)."""
@@ -395,13 +419,16 @@ def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig
         # simulated users arrive once learner and ranker are up: the random warm-up before the first
         # snapshot then lasts only as long as the learner needs, not as long as torch takes to import
         _wait_listening({"learner": ports["learner"], "ranker": ranker_port}, children, timeout_s=120)
-        say(f"[demo] learner and ranker up after {time.monotonic() - started:.0f}s: simulated users arrive")
+        up_s = time.monotonic() - started
+        duration_s = loop_duration(demo, up_s)
+        say(f"[demo] learner and ranker up after {up_s:.0f}s: simulated users arrive")
         children.start("simulator", ["simulate", *sim_args, "--events", str(demo.events),
                                      "--ranker-url", f"http://127.0.0.1:{ranker_port}", "--run-dir", str(run_dir),
-                                     "--max-seconds", str(demo.duration_s), "--rate", str(demo.rate)],
+                                     "--max-seconds", f"{duration_s:.1f}", "--rate", str(demo.rate)],
                        {"STREAMRL_METRICS_PORT": "-2"}, nice=demo.simulator_nice)
         say(f"[demo] broker {settings.bootstrap_servers}; ranker http://127.0.0.1:{ranker_port}; "
-            f"{cfg.n_users} users, {cfg.n_items} items; up to {demo.events:,} events or {demo.duration_s:.0f}s; "
+            f"{cfg.n_users} users, {cfg.n_items} items; up to {demo.events:,} events or {duration_s:.0f}s"
+            f"{'' if demo.duration_s is not None else f' (what start-up left of {demo.wall_budget_s:.0f}s)'}; "
             f"logs in {run_dir}")
         last = 0.0
         while True:
