@@ -244,7 +244,12 @@ class FeedbackLayer:
         return self.shared[:d * d].reshape(d, d)
 
     def correction(self, history: list[str] | None, candidates: list[str]) -> np.ndarray | None:
-        return self.model.correction(history, candidates, self._matrix())
+        """The model's correction with the child's matrix; None while it is zero (the layer is
+        off between falls of engagement: most of the time), without building a context."""
+        D = self._matrix()
+        if not D.any():
+            return None
+        return self.model.correction(history, candidates, D)
 
     def sync_metrics(self) -> None:
         """Carry the child's counters and the matrix norm into this process's metrics."""

@@ -89,6 +89,7 @@ def test_the_child_learns_from_the_transitions_topic(settings):
     layer = FeedbackLayer(s, _catalog())
     try:
         time.sleep(2.0)                                   # the child is at the topic's end
+        assert layer.correction(["g0-1"], ["g0-2"]) is None   # a zero matrix: no correction to build
         producer = make_producer(s)
         topic = s.topic("transitions")
         producer.send(topic, value=b"not json", partition=0)
