@@ -15,7 +15,7 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 from streamrl import metrics as M
 from streamrl.config import Settings
@@ -40,6 +40,13 @@ class RankResponse(BaseModel):
     items: list[RankedItem]
 
 
+def _not_a_bool(v: Any) -> Any:
+    """JSON ``true`` is not the integer 1 (lax pydantic reads it so; ``3.0`` it may, as JSON Schema does)."""
+    if isinstance(v, bool):
+        raise ValueError("Input should be a valid integer, not a boolean")
+    return v
+
+
 def rank_request_model(settings: Settings) -> type[BaseModel]:
     """The /rank body with this deployment's size limits."""
     item_id = Annotated[str, StringConstraints(min_length=1, max_length=settings.max_id_bytes)]
@@ -49,7 +56,8 @@ def rank_request_model(settings: Settings) -> type[BaseModel]:
         candidates=(list[item_id], Field(min_length=1, max_length=settings.serve_max_candidates,
                                          json_schema_extra={"uniqueItems": True},
                                          description="Distinct item ids to rank (duplicates: 400).")),
-        k=(int, Field(10, ge=1, le=settings.serve_max_k, description="Slate size (capped at the candidate count).")),
+        k=(Annotated[int, BeforeValidator(_not_a_bool)], Field(10, ge=1, le=settings.serve_max_k,
+                                                                description="Slate size (capped at the candidate count).")),
         recent=(Optional[list[item_id]], Field(None, max_length=settings.history_len,
                                                description="Session context from the client: items the user engaged "
                                                            "with most recently (oldest first). Appended to the stored "

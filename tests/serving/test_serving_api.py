@@ -86,6 +86,8 @@ def test_policy_scores_equal_the_model_score(tmp_path):
     ({"user_id": "u1", "candidates": ["i1", "i1"]}, 400, "duplicate"),
     ({"user_id": "u1", "candidates": ["i1"], "k": 0}, 422, "greater than or equal to 1"),
     ({"user_id": "u1", "candidates": ["i1"], "k": 101}, 422, "less than or equal to 100"),
+    ({"user_id": "u1", "candidates": ["i1"], "k": True}, 422, "valid integer"),  # JSON true is not 1
+    ({"user_id": "u1", "candidates": ["i1"], "k": 2.5}, 422, "valid integer"),
     ({"user_id": "", "candidates": ["i1"]}, 422, "at least 1 character"),
     ({"user_id": "u" * 257, "candidates": ["i1"]}, 422, "at most 256"),
     ({"user_id": "u1", "candidates": ["x" * 257]}, 422, "at most 256"),
