@@ -64,9 +64,11 @@ class InProcessLearned:
     """The learned arm as a simulator policy: join events into transitions, train, serve."""
 
     def __init__(self, learner: Learner, rules: JoinRules, settings: Settings, publish_every: int,
-                 seed: int, feedback: FeedbackModel | None = None) -> None:
+                 seed: int, feedback: FeedbackModel | None = None, lag: int = 0) -> None:
         self.learner, self.rules, self.settings = learner, rules, settings
         self.feedback = feedback          # the ranker's fast feedback layer (None: off)
+        self.lag = lag                    # events between a transition's emission and its delivery
+        self.queue: list[tuple[int, list]] = []   # (deliver at event count, transitions)
         self.publish_every = publish_every
         self.users: dict[str, UserState] = {}
         self.open: set[str] = set()       # users with pending joins
@@ -99,10 +101,21 @@ class InProcessLearned:
             st.prune(wm, self.rules)
             if st.deadline(self.rules.window_ms) is None:
                 self.open.discard(uid)
+        if self.lag:                      # the pipeline's delay: deliver what is due, queue the rest
+            if out:
+                self.queue.append((self.events + self.lag, out))
+            out = []
+            while self.queue and self.queue[0][0] <= self.events:
+                out += self.queue.pop(0)[1]
         if not out:
             return
         if self.feedback is not None:     # the ranker's child reads the same transitions topic
+            before, started = self.feedback.drifts, self.feedback.started
             self.feedback.update(out)
+            if self.feedback.drifts != before:
+                fresh = "from zero" if self.feedback.started != started else "kept"
+                print(f"[learned] feedback layer: engagement fell at event {self.events} (fall {self.feedback.drifts}, "
+                      f"D {fresh}, on for {self.feedback.hold} transitions)", file=sys.stderr)
         self.transitions += self.learner.ingest(out)
         self.owed += len(out) * self.cfg.updates_per_transition
         steps = int(self.owed)
@@ -153,6 +166,10 @@ def main() -> None:
     ap.add_argument("--feedback-lr", type=float, default=None, help="serve_feedback_lr [0.1]")
     ap.add_argument("--feedback-hold", type=int, default=None, help="serve_feedback_hold [100000]")
     ap.add_argument("--feedback-decay", type=float, default=None, help="serve_feedback_decay [1e-4]")
+    ap.add_argument("--lag", type=int, default=0,
+                    help="events between a transition's emission and its delivery to the learner and the feedback "
+                         "layer: the closed loop's pipeline delay (~0.5 s of transition lag: 1000-2200 events at "
+                         "2-4.4k events/s) [0]")
     ap.add_argument("--out", default=None, help="run directory for curves.jsonl/report [a temp dir]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -186,7 +203,7 @@ def main() -> None:
     feedback = None
     if settings.serve_feedback_weight > 0:
         feedback = FeedbackModel.from_settings(ItemEmbeddings([i["item_id"] for i in items], vectors), settings)
-    learned = InProcessLearned(learner, rules, settings, args.publish_every, args.seed, feedback)
+    learned = InProcessLearned(learner, rules, settings, args.publish_every, args.seed, feedback, args.lag)
     sim.use_policy(learned)
 
     arms = {"learned": sim}

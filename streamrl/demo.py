@@ -18,7 +18,9 @@ served a policy version whose training had consumed the event's transition (the 
 the transition offsets its last gradient step had seen into each snapshot's metadata). It is
 measured for views produced after the first learned policy was served (the warm-up before the
 first snapshot is not steady state) whose transition reached a served version before the end;
-``freshness_unserved`` counts those whose transition had not (the run's tail). The demo's rate is
+``freshness_unserved`` counts those whose transition had not (the run's tail).
+``transition_lag_p50_s``/``_p99_s``: the processor's part, from a view's production to its
+transition's timestamp (all views). The demo's rate is
 what the machine leaves the closed loop; ``bench/freshness.py`` measures freshness at a fixed rate.
 
 The demo shortens the event-time parts of the pipeline that real traffic spreads over minutes,
@@ -181,10 +183,13 @@ def snapshot_offsets(settings: Settings) -> dict[int, dict[int, int]]:
     return out
 
 
-def freshness_latencies(settings: Settings, run_dir: Path, seed: int) -> tuple[np.ndarray, int]:
+def freshness_latencies(settings: Settings, run_dir: Path, seed: int,
+                        transition_lags: list[float] | None = None) -> tuple[np.ndarray, int]:
     """Seconds from each view's production to the first served version trained on its transition,
     for views produced after the first learned version was served; and how many such views had a
-    transition no served version covered (yet)."""
+    transition no served version covered (yet). ``transition_lags``, when given, gets the seconds
+    from each view's production to its transition's Kafka timestamp (all views: the processor's
+    part of the latency, which the ranker's feedback layer waits on too)."""
     produced = np.load(run_dir / PRODUCED)
     served = {int(v): t for v, t in json.loads((run_dir / SERVED).read_text()).items()}
     trained = snapshot_offsets(settings)
@@ -209,6 +214,8 @@ def freshness_latencies(settings: Settings, run_dir: Path, seed: int) -> tuple[n
             if not tid.startswith(prefix):
                 continue
             n = int(tid[len(prefix):])
+            if transition_lags is not None and n < len(produced):
+                transition_lags.append(rec.timestamp / 1000.0 - produced[n])
             if n < len(produced) and produced[n] >= first_served:
                 if k < len(offs):
                     lat.append(when[k] - produced[n])
@@ -220,13 +227,21 @@ def freshness_latencies(settings: Settings, run_dir: Path, seed: int) -> tuple[n
 def freshness(settings: Settings, run_dir: Path, seed: int) -> dict[str, Any]:
     """p50/p99 seconds from a view's production to the first served version trained on its transition
     (:func:`freshness_latencies`; views not covered by the end are counted, not timed)."""
-    lat, unserved = freshness_latencies(settings, run_dir, seed)
+    tr: list[float] = []
+    lat, unserved = freshness_latencies(settings, run_dir, seed, tr)
+    out: dict[str, Any] = {"transition_lag_p50_s": None, "transition_lag_p99_s": None}
+    if tr:
+        lags = np.asarray(tr)
+        lags = lags[np.isfinite(lags)]
+        if lags.size:
+            out = {"transition_lag_p50_s": round(float(np.percentile(lags, 50)), 3),
+                   "transition_lag_p99_s": round(float(np.percentile(lags, 99)), 3)}
     if not lat.size:
         return {"freshness_p50_s": None, "freshness_p99_s": None, "freshness_samples": 0,
-                "freshness_unserved": unserved}
+                "freshness_unserved": unserved, **out}
     return {"freshness_p50_s": round(float(np.percentile(lat, 50)), 3),
             "freshness_p99_s": round(float(np.percentile(lat, 99)), 3), "freshness_samples": int(lat.size),
-            "freshness_unserved": unserved}
+            "freshness_unserved": unserved, **out}
 
 
 def _oracle_ratio(arms: dict[str, list[dict]], start: int, end: int, arm: str = "learned") -> float | None:
@@ -560,7 +575,7 @@ KEY_FIGURES = ("reward_vs_oracle", "reward_vs_popularity", "freshness_p50_s", "f
 def render(summary: dict[str, Any], run_dir: Path) -> str:
     lines = ["", "streamrl demo", "-------------", markdown_table(summary), ""]
     for k in KEY_FIGURES + ("events", "closed_loop_events_per_s", "policy_version", "freshness_samples",
-                            "freshness_unserved",
+                            "freshness_unserved", "transition_lag_p50_s", "transition_lag_p99_s",
                             "pre_drift_oracle_ratio", "post_drift_oracle_ratio", "drift_recovered_after_events",
                             "pre_drift_vs_random", "drift_recovery_by_arm", "seconds"):
         if k in summary:

@@ -56,6 +56,9 @@ def test_short_demo_closes_the_loop_and_reports(demo_run, settings):
     # freshness came from snapshot metadata (trained offsets) and the produce times
     assert summary["freshness_samples"] > 0
     assert 0 < summary["freshness_p50_s"] <= summary["freshness_p99_s"]
+    # the processor's part: production to the transition's append, shorter than to a served version
+    assert 0 < summary["transition_lag_p50_s"] <= summary["transition_lag_p99_s"]
+    assert summary["transition_lag_p50_s"] < summary["freshness_p50_s"]
     produced = np.load(run_dir / "produced_wall.npy")
     assert len(produced) == summary["events"] and np.all(np.diff(produced) >= 0)
 

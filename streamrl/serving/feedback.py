@@ -18,7 +18,8 @@ layer adapts in the ranker itself, in the time the processor needs to emit a vie
   :data:`FALL_SHARE`), ``D`` starts from zero and learns for ``hold`` transitions, then is zero
   again. A fall while it learns extends the time; it starts ``D`` over only if the rate fell
   below :data:`RESTART_BELOW` of the lowest rate since ``D`` started (a drift soon after a
-  false alarm), not for the dips of a recovering policy. Off a drift the Q-network knows what
+  false alarm) or :data:`RESTART_AFTER` transitions after it started, not for the dips of a
+  recovering policy. Off a drift the Q-network knows what
   ``D`` would learn, and a correction that restated it slowed the learner down (it changes
   what gets served).
 - **Ranking.** The ranker adds ``weight * c^T D g`` to the policy's score of each candidate.
@@ -56,6 +57,10 @@ RECENT_ALPHA, LONG_RUN_ALPHA = 1 / 2000, 1e-4
 #: A fall detected while D is on starts it over only below this share of the lowest engagement
 #: rate since it started.
 RESTART_BELOW = 0.8
+#: ... or when it comes this many transitions after D started: a recovering policy's dips come
+#: within the first ~10-20k transitions; a fall long after is news (a drift after a false alarm
+#: whose dip set the lowest rate, in a demo run: D kept the false alarm's matrix through the drift).
+RESTART_AFTER = 30_000
 
 
 class FeedbackModel:
@@ -83,7 +88,7 @@ class FeedbackModel:
         # hold > 0: learn (and correct) only for ``hold`` transitions after a detected fall of the
         # engagement rate, from a zero matrix; 0: always
         self.hold = hold
-        self.seen, self.active_until, self.drifts, self._level = 0, 0, 0, 0.0
+        self.seen, self.active_until, self.drifts, self._level, self.started = 0, 0, 0, 0.0, 0
         self._long_run, self._recent, self._low = 0.0, 0.0, False
 
     @classmethod
@@ -160,9 +165,10 @@ class FeedbackModel:
                     # (a drift soon after a false alarm), starts over: what came before is the
                     # old world. A dip while D is on keeps what it learned (a recovering
                     # policy's engagement dips too; starting over threw the new mapping away)
-                    fresh = self.seen > self.active_until or level < RESTART_BELOW * self._level
+                    fresh = (self.seen > self.active_until or level < RESTART_BELOW * self._level
+                             or self.seen - self.started > RESTART_AFTER)
                     if fresh:
-                        D, scale, self._level = np.zeros_like(D), 1.0, level
+                        D, scale, self._level, self.started = np.zeros_like(D), 1.0, level, self.seen
                     self.active_until = self.seen + self.hold
                     log.info("engagement fell to %.4f (drift %d) at transition %d: D %s for %d transitions", level,
                              self.drifts, self.seen, "learns from zero" if fresh else "keeps learning", self.hold)

@@ -3,6 +3,7 @@ bad records, and its child process learns from the real ``transitions`` topic.""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -27,14 +28,15 @@ def _catalog(per_group: int = 25, seed: int = 0) -> ItemEmbeddings:
     return ItemEmbeddings(ids, np.array(rows, dtype=np.float32))
 
 
-def _transitions(rng, likes: dict[int, int], n: int, per_group: int = 25, served: float = 0.0) -> list[dict]:
+def _transitions(rng, likes: dict[int, int], n: int, per_group: int = 25, served: float = 0.0,
+                 shows: dict[int, int] | None = None) -> list[dict]:
     """Users whose history is group ``h`` engage (60%) with items of ``likes[h]``, else 2%; a
-    share ``served`` of the views shows items of their own group (a policy that learned the
-    world before it drifted), the rest of a random group."""
+    share ``served`` of the views shows items of group ``shows[h]`` (default their own group: a
+    policy that learned the world before it drifted), the rest of a random group."""
     out = []
     for _ in range(n):
         h = int(rng.integers(GROUPS))
-        a = h if rng.random() < served else int(rng.integers(GROUPS))
+        a = (shows or {}).get(h, h) if rng.random() < served else int(rng.integers(GROUPS))
         state = [f"g{h}-{int(i)}" for i in rng.integers(per_group, size=5)]
         engaged = rng.random() < (0.6 if a == likes[h] else 0.02)
         out.append({"state": state, "action": f"g{a}-{int(rng.integers(per_group))}", "reward": float(engaged),
@@ -71,6 +73,27 @@ def test_with_hold_it_learns_only_after_engagement_falls_and_stops_after_hold():
     assert model.drifts == 1 and [_preferred(model, h) for h in range(GROUPS)] == [1, 2, 3, 0]
     model.update(_transitions(rng, rotated, 4000, served=0.7))                        # the hold runs out
     assert model.drifts == 1 and not model.D.any()
+
+
+def test_a_fall_long_after_the_matrix_started_starts_it_over(caplog):
+    """A drift after a false alarm: the first fall's dip set the lowest rate, so the second fall
+    (no lower) used to keep the old matrix; long after the first it is news and D starts over."""
+    model = FeedbackModel(_catalog(), dim=8, hold=200_000)
+    rng = np.random.default_rng(5)
+    model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 12000, served=0.7))   # a steady world
+    one = {h: (h + 1) % GROUPS for h in range(GROUPS)}
+    model.update(_transitions(rng, one, 3000, served=0.7))                               # fall 1
+    assert model.drifts == 1
+    model.update(_transitions(rng, one, 40_000, served=0.7, shows=one))                  # the policy caught up
+    two = {h: (h + 2) % GROUPS for h in range(GROUPS)}
+    with caplog.at_level(logging.INFO, logger="streamrl.serving.feedback"):
+        while model.drifts == 1:                                                          # fall 2, 43k later
+            model.update(_transitions(rng, two, 100, served=0.7, shows=one))
+            assert model.seen < 60_000
+    fall = [r.getMessage() for r in caplog.records if "(drift 2)" in r.getMessage()]
+    assert len(fall) == 1 and "D learns from zero" in fall[0]                             # not the old matrix
+    model.update(_transitions(rng, two, 3000, served=0.7, shows=one))
+    assert [_preferred(model, h) for h in range(GROUPS)] == [2, 3, 0, 1]
 
 
 def test_bad_transitions_are_skipped_and_the_rest_applied():
