@@ -75,6 +75,22 @@ def test_with_hold_it_learns_only_after_engagement_falls_and_stops_after_hold():
     assert model.drifts == 1 and not model.D.any()
 
 
+def test_it_ranks_by_what_an_engagement_is_worth_not_by_clicks():
+    """Group-0 users click group 1 often and never buy; they click group 2 half as often, and each
+    such click is a purchase (reward 5): the correction prefers group 2 (a click model: group 1)."""
+    model = FeedbackModel(_catalog(), dim=8)
+    rng = np.random.default_rng(6)
+    out = []
+    for _ in range(6000):
+        a = int(rng.integers(GROUPS))
+        p = {1: 0.4, 2: 0.2}.get(a, 0.02)
+        reward = (5.0 if a == 2 else 1.0) if rng.random() < p else 0.0
+        out.append({"state": [f"g0-{int(i)}" for i in rng.integers(25, size=5)],
+                    "action": f"g{a}-{int(rng.integers(25))}", "reward": reward, "position": 0})
+    model.update(out)
+    assert _preferred(model, 0) == 2
+
+
 def test_a_fall_long_after_the_matrix_started_starts_it_over(caplog):
     """A drift after a false alarm: the first fall's dip set the lowest rate, so the second fall
     (no lower) used to keep the old matrix; long after the first it is news and D starts over."""
