@@ -229,19 +229,18 @@ def freshness(settings: Settings, run_dir: Path, seed: int) -> dict[str, Any]:
     (:func:`freshness_latencies`; views not covered by the end are counted, not timed)."""
     tr: list[float] = []
     lat, unserved = freshness_latencies(settings, run_dir, seed, tr)
-    out: dict[str, Any] = {"transition_lag_p50_s": None, "transition_lag_p99_s": None}
-    if tr:
-        lags = np.asarray(tr)
-        lags = lags[np.isfinite(lags)]
-        if lags.size:
-            out = {"transition_lag_p50_s": round(float(np.percentile(lags, 50)), 3),
-                   "transition_lag_p99_s": round(float(np.percentile(lags, 99)), 3)}
-    if not lat.size:
-        return {"freshness_p50_s": None, "freshness_p99_s": None, "freshness_samples": 0,
-                "freshness_unserved": unserved, **out}
-    return {"freshness_p50_s": round(float(np.percentile(lat, 50)), 3),
-            "freshness_p99_s": round(float(np.percentile(lat, 99)), 3), "freshness_samples": int(lat.size),
-            "freshness_unserved": unserved, **out}
+    lags = np.asarray(tr)
+    return {**_p50_p99("freshness", lat), "freshness_samples": int(lat.size), "freshness_unserved": unserved,
+            **_p50_p99("transition_lag", lags[np.isfinite(lags)])}
+
+
+def _p50_p99(name: str, seconds: np.ndarray) -> dict[str, float | None]:
+    """``{name}_p50_s`` and ``{name}_p99_s`` of ``seconds`` (None without samples).
+
+    >>> _p50_p99("lag", np.array([1.0, 2.0, 3.0])), _p50_p99("lag", np.zeros(0))
+    ({'lag_p50_s': 2.0, 'lag_p99_s': 2.98}, {'lag_p50_s': None, 'lag_p99_s': None})
+    """
+    return {f"{name}_p{q}_s": round(float(np.percentile(seconds, q)), 3) if seconds.size else None for q in (50, 99)}
 
 
 def _oracle_ratio(arms: dict[str, list[dict]], start: int, end: int, arm: str = "learned") -> float | None:
