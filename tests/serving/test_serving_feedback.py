@@ -11,6 +11,7 @@ import numpy as np
 from streamrl.catalog import ItemEmbeddings
 from streamrl.kafka import make_producer
 from streamrl.schema import encode_transitions
+from streamrl.serving import feedback
 from streamrl.serving.feedback import FeedbackLayer, FeedbackModel
 
 GROUPS = 4
@@ -71,8 +72,63 @@ def test_with_hold_it_learns_only_after_engagement_falls_and_stops_after_hold():
     rotated = {h: (h + 1) % GROUPS for h in range(GROUPS)}
     model.update(_transitions(rng, rotated, 3000, served=0.7))                        # engagement falls
     assert model.drifts == 1 and [_preferred(model, h) for h in range(GROUPS)] == [1, 2, 3, 0]
-    model.update(_transitions(rng, rotated, 4000, served=0.7))                        # the hold runs out
+    model.update(_transitions(rng, rotated, 5000, served=0.7))                        # the hold runs out
     assert model.drifts == 1 and not model.D.any()
+
+
+def _until_fall(model: FeedbackModel, rng, likes: dict[int, int], step: int = 50) -> None:
+    """Feed ``likes`` transitions in small batches until the layer detects a fall."""
+    drifts = model.drifts
+    while model.drifts == drifts:
+        model.update(_transitions(rng, likes, step, served=0.7))
+        assert model.seen < 100_000
+
+
+def test_a_fresh_matrix_starts_with_what_happened_since_the_fall_began(caplog):
+    """The detector fires 1-2k transitions into a fall; D does not wait for as many more."""
+    model = FeedbackModel(_catalog(), dim=8, hold=50_000)
+    rng = np.random.default_rng(7)
+    model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 12000, served=0.7))   # a steady world
+    rotated = {h: (h + 1) % GROUPS for h in range(GROUPS)}
+    with caplog.at_level(logging.INFO, logger="streamrl.serving.feedback"):
+        _until_fall(model, rng, rotated)
+    assert model.seen - 12000 > 500                      # the fall took a while to be sure of ...
+    fall = [r.getMessage() for r in caplog.records if "(drift 1)" in r.getMessage()]
+    backlog = int(fall[0].split("learns from zero (")[1].split()[0])
+    assert 0.5 * (model.seen - 12000) < backlog <= model.seen - 12000 + 200   # ~ the transitions since it began
+    assert [_preferred(model, h) for h in range(GROUPS)] == [1, 2, 3, 0]          # ... and D knows it already
+
+
+def test_replaying_the_transitions_since_the_fall_turns_the_matrix_faster(monkeypatch):
+    def margin(steps: int) -> float:
+        monkeypatch.setattr(feedback, "REPLAY_STEPS", steps)
+        model = FeedbackModel(_catalog(), dim=8, hold=50_000)
+        rng = np.random.default_rng(8)
+        model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 12000, served=0.7))
+        rotated = {h: (h + 1) % GROUPS for h in range(GROUPS)}
+        _until_fall(model, rng, rotated)
+        model.update(_transitions(rng, rotated, 300, served=0.7))
+        cands = [f"g{k}-{n}" for k in range(GROUPS) for n in range(25)]
+        gaps = []
+        for h in range(GROUPS):   # the correction of the group liked now over the group liked before
+            corr = model.correction([f"g{h}-{n}" for n in range(5)], cands).reshape(GROUPS, 25).mean(1)
+            gaps.append(corr[rotated[h]] - corr[h])
+        return float(np.mean(gaps))
+
+    assert margin(feedback.REPLAY_STEPS) > 1.05 * margin(0) > 0        # 88 against 80 (seeded)
+
+
+def test_a_weaker_policy_version_is_not_a_drift():
+    """Engagement down by a third (a new policy version ranks worse) is not an interest drift:
+    at a fall of a fifth, demo runs had 1-3 such false alarms before their drift."""
+    model = FeedbackModel(_catalog(), dim=8, hold=50_000)
+    rng = np.random.default_rng(9)
+    same = {h: h for h in range(GROUPS)}
+    model.update(_transitions(rng, same, 12000, served=0.7))
+    model.update(_transitions(rng, same, 6000, served=0.3))          # ~0.47 -> ~0.30 engaged
+    assert model.drifts == 0 and not model.D.any()
+    model.update(_transitions(rng, {h: (h + 1) % GROUPS for h in range(GROUPS)}, 3000, served=0.3))
+    assert model.drifts == 1                                          # a drift still is
 
 
 def test_it_ranks_by_what_an_engagement_is_worth_not_by_clicks():
