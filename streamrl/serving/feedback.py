@@ -25,9 +25,10 @@ layer adapts in the ranker itself, in the time the processor needs to emit a vie
   :data:`BACKLOG`), and for its first :data:`REPLAY_FOR` transitions each new one also replays
   :data:`REPLAY_STEPS` random ones since the fall. (At a fall of a fifth, demo runs on a fast
   machine had 1-3 false alarms before a drift, from the dips of new policy versions, and ``D``
-  went into the drift holding a false alarm's matrix; a drift's fall is 60-75%.) A fall while it learns extends the time; it starts ``D`` over only if the rate fell
-  below :data:`RESTART_BELOW` of the lowest rate since ``D`` started (a drift soon after a
-  false alarm) or :data:`RESTART_AFTER` transitions after it started, not for the dips of a
+  went into the drift holding a false alarm's matrix; a drift's fall is 60-75%.) A fall while
+  it learns extends the time; it starts ``D`` over only if the rate fell below
+  :data:`RESTART_BELOW` of the lowest rate since ``D`` started (a drift soon after a false
+  alarm) or :data:`RESTART_AFTER` transitions after it started, not for the dips of a
   recovering policy. Off a drift the Q-network knows what
   ``D`` would learn, and a correction that restated it slowed the learner down (it changes
   what gets served).
@@ -76,9 +77,9 @@ RESTART_AFTER = 30_000
 BACKLOG = 8000
 #: For the first REPLAY_FOR transitions after ``D`` starts, each new transition also replays
 #: REPLAY_STEPS random ones since the fall began: a few thousand transitions are all the new
-#: world has shown yet, and one pass over them left ``D`` short (in-process, six seeds, transitions
-#: 3400 events late: the learned arm's mean reward/oracle over the 20k events after a drift
-#: 0.674 -> 0.712 of its pre-drift level with 3 steps, 0.687 with 1).
+#: world has shown yet (in-process, six seeds, transitions 3400 events late: the learned arm's
+#: mean reward/oracle over the 20k events after a drift 0.674 of its pre-drift level without
+#: replays, 0.687 with 1, 0.712-0.765 with 3; the comparison's noise is about +-0.05).
 REPLAY_STEPS, REPLAY_FOR = 3, 20_000
 
 
@@ -206,10 +207,7 @@ class FeedbackModel:
                 elif self.seen <= self.active_until:         # the lowest rate since D started
                     self._level = min(self._level, self._recent)
             on = not self.hold or self.seen <= self.active_until
-            try:
-                c = self.context(state) if on and a is not None else None
-            except TypeError:
-                c = None
+            c = self._view_context(a, state) if on else None
             scale *= keep
             if scale < 1e-3:                                 # fold the decay in before 1/scale grows large
                 D *= scale
@@ -238,14 +236,19 @@ class FeedbackModel:
             return 0
         excess = np.cumsum([(1.0 if r > 0 else 0.0) - self._long_run for _, _, r, _ in backlog])
         for a, state, reward, p in backlog[int(np.argmax(excess)) + 1:]:
-            try:
-                c = self.context(state) if a is not None else None
-            except TypeError:
-                c = None
+            c = self._view_context(a, state)
             if c is not None:
                 self._step(D, 1.0, beta, c, a, reward, p)
                 self._fallen.append((c, a, reward, p))
         return len(self._fallen)
+
+    def _view_context(self, a: int | None, state: Any) -> np.ndarray | None:
+        """The context ``D`` learns a view in: None for an unknown action or a history without a
+        known item (or one that is not a list of ids)."""
+        try:
+            return self.context(state) if a is not None else None
+        except TypeError:
+            return None
 
     def _step(self, D: np.ndarray, scale: float, beta: np.ndarray, c: np.ndarray, a: int, reward: float,
               p: int) -> float:
