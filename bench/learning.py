@@ -48,7 +48,10 @@ from streamrl.producers.policies import Ranking
 from streamrl.producers.simulator import SimConfig, Simulator
 from streamrl.report import CurveRecorder, load_curves, markdown_table, summarize
 from streamrl.serving.explore import sample_slate
-from streamrl.serving.feedback import FeedbackModel
+from streamrl.serving.feedback import FeedbackModel, SessionJoin, joined_views
+
+#: The feed client's session context, as the demo's (RankerWithFallback): last 10 engagements, 6 simulated hours.
+SESSION_LEN, SESSION_MS = 10, 6 * 3600 * 1000
 
 
 def _value(text: str):
@@ -64,9 +67,12 @@ class InProcessLearned:
     """The learned arm as a simulator policy: join events into transitions, train, serve."""
 
     def __init__(self, learner: Learner, rules: JoinRules, settings: Settings, publish_every: int,
-                 seed: int, feedback: FeedbackModel | None = None, lag: int = 0) -> None:
+                 seed: int, feedback: FeedbackModel | None = None, lag: int = 0,
+                 session: SessionJoin | None = None) -> None:
         self.learner, self.rules, self.settings = learner, rules, settings
         self.feedback = feedback          # the ranker's fast feedback layer (None: off)
+        self.session = session            # the layer learns from session joins, not transitions
+        self.recent: dict[str, list[tuple[int, str]]] = {}   # the feed client's session context
         self.lag = lag                    # events between a transition's emission and its delivery
         self.queue: list[tuple[int, list]] = []   # (deliver at event count, transitions)
         self.publish_every = publish_every
@@ -85,6 +91,10 @@ class InProcessLearned:
         if st is None:
             st = self.users[ev.user_id] = UserState(ev.user_id)
         st.apply(ev)
+        if ev.type != "view":             # what a feed client sends as ``recent`` (RankerWithFallback)
+            items = self.recent.setdefault(ev.user_id, [])
+            items.append((ev.ts, ev.item_id))
+            del items[:-SESSION_LEN]
         self.open.add(ev.user_id)
         self.events += 1
         if self.events % 250 == 0:
@@ -109,7 +119,7 @@ class InProcessLearned:
                 out += self.queue.pop(0)[1]
         if not out:
             return
-        if self.feedback is not None:     # the ranker's child reads the same transitions topic
+        if self.feedback is not None and self.session is None:  # the ranker's child reads the transitions topic
             before, started = self.feedback.drifts, self.feedback.started
             self.feedback.update(out)
             if self.feedback.drifts != before:
@@ -125,6 +135,17 @@ class InProcessLearned:
 
     # --- the ranker -------------------------------------------------------------------------
     def rank(self, user_id: str, candidates: list[str], k: int, ts: int) -> Ranking:
+        recent = None
+        if self.session is not None:      # the ranker joins the user's last slate to this request's context
+            recent = [i for t, i in self.recent.get(user_id, ()) if t >= ts - SESSION_MS] or None
+            out = joined_views(self.session.outcomes(user_id, recent))
+            if out:
+                before, started = self.feedback.drifts, self.feedback.started
+                self.feedback.update(out)
+                if self.feedback.drifts != before:
+                    fresh = "from zero" if self.feedback.started != started else "kept"
+                    print(f"[learned] feedback layer (session): engagement fell at event {self.events} (fall "
+                          f"{self.feedback.drifts}, D {fresh})", file=sys.stderr)
         if self.served is None:
             p = 1.0 / len(candidates)
             picked = self.rng.choice(len(candidates), size=min(k, len(candidates)), replace=False)
@@ -143,6 +164,8 @@ class InProcessLearned:
         s = self.settings  # exploration as the ranker draws it
         picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
                                      temperature=s.serve_temperature, pool=s.serve_softmax_pool)
+        if self.session is not None:
+            self.session.served(user_id, hist, [candidates[n] for n in picked], recent)
         return [(candidates[n], float(p)) for n, p in zip(picked, props)]
 
 
@@ -170,6 +193,10 @@ def main() -> None:
                     help="events between a transition's emission and its delivery to the learner and the feedback "
                          "layer: the closed loop's pipeline delay (~0.5 s of transition lag: 1000-2200 events at "
                          "2-4.4k events/s) [0]")
+    ap.add_argument("--feedback-source", choices=("transitions", "session"), default=None,
+                    help="serve_feedback_source: the feedback layer learns from the transitions topic (delayed by "
+                         "--lag) or from the ranker's join of each user's last slate to the next request's session "
+                         "context [the demo's]")
     ap.add_argument("--out", default=None, help="run directory for curves.jsonl/report [a temp dir]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -185,7 +212,7 @@ def main() -> None:
     for name, val in (("serve_exploration", args.exploration), ("serve_epsilon", args.epsilon),
                       ("serve_temperature", args.temperature), ("serve_feedback_weight", args.feedback_weight),
                       ("serve_feedback_lr", args.feedback_lr), ("serve_feedback_hold", args.feedback_hold),
-                      ("serve_feedback_decay", args.feedback_decay)):
+                      ("serve_feedback_decay", args.feedback_decay), ("serve_feedback_source", args.feedback_source)):
         if val is not None:
             settings = settings.replace(**{name: val})
     rules = JoinRules.from_settings(settings)
@@ -203,7 +230,10 @@ def main() -> None:
     feedback = None
     if settings.serve_feedback_weight > 0:
         feedback = FeedbackModel.from_settings(ItemEmbeddings([i["item_id"] for i in items], vectors), settings)
-    learned = InProcessLearned(learner, rules, settings, args.publish_every, args.seed, feedback, args.lag)
+    session = None
+    if feedback is not None and settings.serve_feedback_source == "session":
+        session = SessionJoin(settings.reward_click, settings.reward_purchase)
+    learned = InProcessLearned(learner, rules, settings, args.publish_every, args.seed, feedback, args.lag, session)
     sim.use_policy(learned)
 
     arms = {"learned": sim}

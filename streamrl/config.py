@@ -98,6 +98,7 @@ class Settings:
     serve_temperature: float = _opt(1.0, "Softmax temperature of Plackett-Luce slate sampling (softmax exploration).")
     serve_softmax_pool: int = _opt(8, "Top-scored candidates that softmax exploration samples among (exact propensities by subset DP; 1..12).")
     serve_feedback_weight: float = _opt(20.0, "Weight of the ranker's fast feedback layer in the ranking score (a contextual engagement model on catalog text, learned from live `transitions` after a detected fall of the engagement rate; adapts to interest drift before the learner does). 0: off.")
+    serve_feedback_source: str = _opt("transitions", "What the fast feedback layer learns from: transitions (the `transitions` topic: every view, once its attribution window closed) or session (the ranker joins each user's last served slate to the engagements the user's next /rank request reports in `recent`: seconds of user time after the view; needs a client that sends `recent` and user-sticky routing).")
     serve_feedback_hold: int = _opt(100_000, "Transitions the fast feedback layer learns and corrects for after a detected fall of the engagement rate (then it is off until the next one); 0: always on.")
     serve_feedback_lr: float = _opt(0.1, "SGD step of the fast feedback layer, per transition.")
     serve_feedback_decay: float = _opt(1e-4, "Decay of the fast feedback layer toward zero per transition (memory of ~1/decay transitions).")
@@ -151,6 +152,8 @@ class Settings:
                 or self.serve_feedback_hold < 0):
             raise ValueError("serve_feedback_weight and serve_feedback_hold must be >= 0, serve_feedback_lr > 0, "
                              "serve_feedback_dim >= 1")
+        if self.serve_feedback_source not in ("transitions", "session"):
+            raise ValueError(f"serve_feedback_source must be transitions or session, got {self.serve_feedback_source!r}")
         if not 0.0 <= self.serve_feedback_decay < 1.0:
             raise ValueError("serve_feedback_decay must be in [0, 1)")
         if not 1 <= self.serve_softmax_pool <= 12:

@@ -63,6 +63,9 @@ DEMO_SETTINGS: dict[str, Any] = {
     "idle_timeout_ms": 1000,                 # a quiet purchase partition holds windows back 1 s at most
     "commit_interval_ms": 250,               # transitions reach the learner within ~0.25 s
     "serve_epsilon": 0.05,
+    # the simulated feed client sends ``recent``: the ranker's layer learns a view's outcome from the
+    # user's next request, not ~3.4k events later from the transitions topic (see README, drift)
+    "serve_feedback_source": "session",
 }
 
 #: Learner flags of the demo: publish often (freshness), start early, poll between short bursts.

@@ -117,17 +117,19 @@ SERVING_DECISIONS = Counter("streamrl_serving_decisions_total",
                             "Served slates sent to ranking.decisions, by outcome (sent, failed, disabled).",
                             ["outcome"])
 SERVING_FEEDBACK = Counter("streamrl_serving_feedback_transitions_total",
-                           "Transitions read by the ranker's fast feedback layer, by outcome (applied; skipped: "
-                           "a record that is not a transition; malformed: an undecodable message).", ["outcome"])
+                           "Transitions (or, with serve_feedback_source=session, joined views) read by the ranker's "
+                           "fast feedback layer, by outcome (applied; skipped: a record that is not a transition; "
+                           "malformed: an undecodable message; dropped: joined views the learning child could not "
+                           "take in time).", ["outcome"])
 SERVING_FEEDBACK_NORM = Gauge("streamrl_serving_feedback_norm",
                               "Frobenius norm of the fast feedback layer's interaction matrix (0: not learned or off).")
 SERVING_FEEDBACK_LAG = Gauge("streamrl_serving_feedback_lag_seconds",
-                             "Seconds from a transitions message's Kafka timestamp to its application by the "
-                             "fast feedback layer (last poll).")
+                             "Seconds from a transitions message's Kafka timestamp (session source: from the join "
+                             "in the ranker) to its application by the fast feedback layer (last poll).")
 SERVING_POLICY_VERSION.set(-1)
 for _o in ("sent", "failed", "disabled"):
     SERVING_DECISIONS.labels(_o)
-for _o in ("applied", "skipped", "malformed"):
+for _o in ("applied", "skipped", "malformed", "dropped"):
     SERVING_FEEDBACK.labels(_o)
 for _r in SERVING_ROUTES:
     SERVING_REQUEST_SECONDS.labels(_r)

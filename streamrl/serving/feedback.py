@@ -11,18 +11,19 @@ layer adapts in the ranker itself, in the time the processor needs to emit a vie
   mean of their last ``context_len`` engaged items, unit length.
 - **Model.** ``P(engaged | context c, item g, position p) = sigmoid(beta_p + c^T D g)``: ``beta``
   the position effect, ``D`` a ``dim x dim`` interaction matrix learned by SGD, one step per
-  transition the processor emits (all rankers' traffic: the ``transitions`` topic), with a decay
-  toward zero per transition (a memory of ~``1 / decay`` transitions). An engaged transition's
+  transition the processor emits (all rankers' traffic: the ``transitions`` topic) or, with the
+  session source, per view the ranker joined to the user's next request (:class:`SessionJoin`),
+  with a decay toward zero per transition (a memory of ~``1 / decay`` transitions). An engaged transition's
   step on ``D`` is scaled by its reward in clicks (``reward / reward_unit``: a purchase 5, a click
   1), so ``D`` ranks by what an engagement is worth, as the policy does: as a plain click model
   it steered users to items that are clicked and not bought (clickbait), and a recovered
   policy slipped back (in-process, seed 1: purchases per 2k events fell from ~20 to 2-10).
 - **When.** With ``hold`` > 0 (the service's default), the engagement rate of every transition
-  is watched; when the recent rate (~2k transitions) falls 40% below the long-run one (~10k;
-  :data:`FALL_SHARE`), ``D`` starts from zero and learns for ``hold`` transitions, then is zero
-  again. It starts with what it has missed: the transitions since the fall began (where the
-  cumulative excess of engagement over the long-run rate peaked, in a backlog of the last
-  :data:`BACKLOG`), and for its first :data:`REPLAY_FOR` transitions each new one also replays
+  is watched; when the recent rate (~2k transitions) falls 40% below the long-run one (~10k,
+  of the views before the last ~2k; :data:`FALL_SHARE`), ``D`` starts from zero and learns for
+  ``hold`` transitions, then is zero again. It starts with what it has missed: the transitions
+  since the fall began (where the cumulative excess of engagement over the midpoint of the two
+  rates peaked, in a backlog of the last :data:`BACKLOG`), and for its first :data:`REPLAY_FOR` transitions each new one also replays
   :data:`REPLAY_STEPS` random ones since the fall. (At a fall of a fifth, demo runs on a fast
   machine had 1-3 false alarms before a drift, from the dips of new policy versions, and ``D``
   went into the drift holding a false alarm's matrix; a drift's fall is 60-75%.) A fall while
@@ -81,6 +82,8 @@ BACKLOG = 8000
 #: mean reward/oracle over the 20k events after a drift 0.674 of its pre-drift level without
 #: replays, 0.687 with 1, 0.712-0.765 with 3; the comparison's noise is about +-0.05).
 REPLAY_STEPS, REPLAY_FOR = 3, 20_000
+#: Seconds between the ranker's writes of joined slates to the learning child (session source).
+SEND_EVERY_S = 0.05
 
 
 class FeedbackModel:
@@ -112,6 +115,8 @@ class FeedbackModel:
         self.hold = hold
         self.seen, self.active_until, self.drifts, self._level, self.started = 0, 0, 0, 0.0, 0
         self._long_run, self._recent, self._low = 0.0, 0.0, False
+        self._aging: deque = deque(maxlen=round(1 / RECENT_ALPHA))   # the views the long-run rate has yet to take
+        self._aged = 0
         self._backlog: deque = deque(maxlen=BACKLOG if hold else 0)   # (action row, state, reward, position)
         self._fallen: list[tuple] = []       # (context, action row, reward, position) since the fall began
         self._rng = np.random.default_rng(0)
@@ -228,13 +233,15 @@ class FeedbackModel:
 
     def _learn_backlog(self, D: np.ndarray, beta: np.ndarray) -> int:
         """Steps on ``D`` (in place) for the backlog's transitions since the fall began: the
-        change point is where the cumulative excess of engagement over the long-run rate peaks
-        (CUSUM). Returns how many it learned from."""
+        change point is where the cumulative excess of engagement over the midpoint of the
+        long-run rate (before the fall) and the recent one (after it) peaks (CUSUM). Returns how
+        many it learned from."""
         self._fallen = []
         backlog = list(self._backlog)[:-1]               # the newest is learned by the caller
         if not backlog:
             return 0
-        excess = np.cumsum([(1.0 if r > 0 else 0.0) - self._long_run for _, _, r, _ in backlog])
+        mid = (self._long_run + self._recent) / 2      # between the rates before and after the fall
+        excess = np.cumsum([(1.0 if r > 0 else 0.0) - mid for _, _, r, _ in backlog])
         for a, state, reward, p in backlog[int(np.argmax(excess)) + 1:]:
             c = self._view_context(a, state)
             if c is not None:
@@ -265,12 +272,19 @@ class FeedbackModel:
     def _engagement_fell(self, engaged: float) -> bool:
         """Whether the recent engagement rate (a ~2k-transition average) just fell below
         :data:`FALL_SHARE` of the long-run one (~10k transitions, and not before 10k); it re-arms
-        once the recent rate is back above 0.9 of the long-run one. (river's ADWIN, which cuts
-        at any significant change of the mean, also fired at small dips, 2-4 times in some
-        130 s demo runs, and D learning from zero in a steady world costs reward.)"""
+        once the recent rate is back above 0.9 of the long-run one. The long-run rate takes a
+        view only once the recent one has (2k transitions later), so a fall does not pull it
+        down while the recent rate is still coming down to it (against a long-run rate of every
+        view, a demo run's drift that halved engagement stayed above 0.6 of it: never flagged).
+        (river's ADWIN, which cuts at any significant change of the mean, also fired at small
+        dips, 2-4 times in some 130 s demo runs, and D learning from zero in a steady world
+        costs reward.)"""
         n = self.seen
-        self._long_run += max(LONG_RUN_ALPHA, 1.0 / n) * (engaged - self._long_run)
         self._recent += max(RECENT_ALPHA, 1.0 / n) * (engaged - self._recent)
+        if len(self._aging) == self._aging.maxlen:
+            self._aged += 1
+            self._long_run += max(LONG_RUN_ALPHA, 1.0 / self._aged) * (self._aging[0] - self._long_run)
+        self._aging.append(engaged)
         if self._low:
             self._low = self._recent < 0.9 * self._long_run
             return False
@@ -282,15 +296,126 @@ class FeedbackModel:
                 "transitions": self.updates, "norm": round(float(np.linalg.norm(self.D)), 4)}
 
 
+class SessionJoin:
+    """Each user's last served slate, joined to the engagements their next request reports.
+
+    A feed client sends the items its user engaged with lately (``recent``, oldest first: one
+    entry per click or purchase) with every request. What ``recent`` gained since the user's
+    previous request, against the slate served then, is that slate's outcome: an item whose
+    entries grew by one was clicked (``reward_click``), by two bought (``reward_purchase``), an
+    item that did not grow was not engaged (0). A purchase usually comes a request or two after
+    its click: a clicked item that gains an entry within the user's next ``pending`` requests
+    adds a view with the difference (``reward_purchase - reward_click``), so its steps on ``D``
+    add up to a purchase's. :meth:`outcomes` returns them as slate records ``(history, items,
+    rewards, positions)`` (:func:`joined_views` turns them into the transition-like records
+    :meth:`FeedbackModel.update` learns from): a view's outcome seconds of user time after it,
+    where the ``transitions`` topic has it once the attribution window has closed.
+
+    It needs requests of a user to reach the same ranker (user-sticky routing; with ``n``
+    unsticky replicas ~1/n of slates join) and a client that sends ``recent``; slates of
+    sessions that end are never joined. At most ``max_users`` users are remembered (least
+    recently served dropped first).
+
+    >>> j = SessionJoin(reward_click=1.0, reward_purchase=5.0)
+    >>> j.outcomes("u", ["a"]), j.served("u", ["a"], ["x", "y", "z"], ["a"])
+    ([], None)
+    >>> j.outcomes("u", ["a", "y", "z", "z"])
+    [(['a'], ['x', 'y', 'z'], [0.0, 1.0, 5.0], [0, 1, 2])]
+    >>> j.outcomes("u", ["a", "y", "z", "z"])          # joined once
+    []
+    >>> j.served("u", ["a", "y"], ["w"], ["a", "y", "z", "z"])
+    >>> j.outcomes("u", ["a", "y", "z", "z", "y"])      # y, clicked a request ago, bought since
+    [(['a'], ['y'], [4.0], [1]), (['a', 'y'], ['w'], [0.0], [0])]
+    """
+
+    def __init__(self, reward_click: float, reward_purchase: float, pending: int = 3,
+                 max_users: int = 200_000) -> None:
+        from collections import OrderedDict
+
+        self.reward_click, self.reward_purchase = reward_click, reward_purchase
+        self.pending, self.max_users = pending, max_users
+        # user -> (history, items, Counter of recent | None once joined, clicked: [(item, history, position, requests left)])
+        self._last: OrderedDict[str, tuple] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def outcomes(self, user_id: str, recent: list[str] | None) -> list[tuple]:
+        """Slate records of ``user_id``'s last served slate, with rewards from ``recent``, and of the
+        purchases of items clicked in the slates before ([]: nothing to join); a slate is joined once."""
+        from collections import Counter
+
+        last = self._last.get(user_id)
+        if last is None or last[2] is None:
+            return []
+        history, items, before, clicked = last
+        gained = Counter(recent or ())
+        gained.subtract(before)
+        out, still = [], []
+        for item, h, pos, left in clicked:               # earlier clicks: bought since?
+            if gained.get(item, 0) > 0:
+                gained[item] -= 1
+                out.append((h, [item], [self.reward_purchase - self.reward_click], [pos]))
+            elif left > 1:
+                still.append((item, h, pos, left - 1))
+        rewards = []
+        for pos, item in enumerate(items):
+            g = gained.get(item, 0)
+            rewards.append(0.0 if g <= 0 else self.reward_purchase if g >= 2 else self.reward_click)
+            if g == 1 and self.pending:
+                still.append((item, history, pos, self.pending))
+        out.append((history, items, rewards, list(range(len(items)))))
+        self._last[user_id] = (None, None, None, still)
+        return out
+
+    def served(self, user_id: str, history: list[str] | None, items: list[str], recent: list[str] | None) -> None:
+        """Remember the slate ``items`` served to ``user_id`` with ``history`` (the policy's state)
+        and the request's ``recent`` (call :meth:`outcomes` with it first)."""
+        from collections import Counter
+
+        last = self._last.get(user_id)
+        clicked = last[3] if last is not None and last[2] is None else []
+        self._last[user_id] = (list(history or ()), list(items), Counter(recent or ()), clicked)
+        self._last.move_to_end(user_id)
+        while len(self._last) > self.max_users:
+            self._last.popitem(last=False)
+
+
+def joined_views(slates: Iterable) -> list[dict[str, Any] | None]:
+    """Transition-like records (``action``, ``state``, ``reward``, ``position``) of slate records
+    ``(history, items, rewards, positions)``; a record of another shape gives None (which
+    :meth:`FeedbackModel.update` counts as skipped).
+
+    >>> joined_views([(["a"], ["x", "y"], [0.0, 1.0], [0, 1]), "junk"])[1:]
+    [{'action': 'y', 'state': ['a'], 'reward': 1.0, 'position': 1}, None]
+    """
+    out: list[dict[str, Any] | None] = []
+    for rec in slates:
+        try:
+            history, items, rewards, positions = rec
+            if not all(isinstance(x, list) for x in (items, rewards, positions)):
+                raise TypeError("not a slate record")
+            out += [{"action": i, "state": history, "reward": r, "position": p}
+                    for i, r, p in zip(items, rewards, positions, strict=True)]
+        except (TypeError, ValueError):
+            out.append(None)
+    return out
+
+
 class FeedbackLayer:
     """The ranker's side: a :class:`FeedbackModel` whose matrix a child process keeps learning.
 
     Applying transitions is a Python loop per view; in the serving process it would hold the GIL
     that every request needs (a closed-loop demo ran at half its event rate). The child
-    (``python -m streamrl.serving.feedback DIR``) reads ``transitions`` from its end, learns, and
-    writes ``D``, ``beta`` and its counters into a shared memory-mapped file after every poll; the
-    ranker reads the matrix from there for each request (a torn read mixes two consecutive
-    updates: harmless). The child exits when the ranker closes the layer or dies.
+    (``python -m streamrl.serving.feedback DIR``) learns from its source and writes ``D``,
+    ``beta`` and its counters into a shared memory-mapped file after every read; the ranker reads
+    the matrix from there for each request (a torn read mixes two consecutive updates:
+    harmless). With ``serve_feedback_source=transitions`` the child reads the ``transitions``
+    topic from its end; with ``session`` the ranker joins slates to the next request's
+    ``recent`` (:attr:`session`, a :class:`SessionJoin`) and hands each batch's joined views to
+    the child's stdin with :meth:`send`, a non-blocking write: what the pipe cannot take is
+    dropped and counted (``dropped``), serving never waits. The child exits when the ranker
+    closes the layer or dies.
     """
 
     def __init__(self, settings: Settings, text: ItemEmbeddings) -> None:
@@ -305,9 +430,63 @@ class FeedbackLayer:
         (self.dir / "items.json").write_text(json.dumps(text.item_ids))
         self.shared = shared_state(self.dir, self.model.dim, create=True)
         self._counted = np.zeros(3)
+        self.session: SessionJoin | None = None
+        self.dropped = 0
+        self._pending, self._outbox, self._sent_at = b"", [], 0.0
+        if settings.serve_feedback_source == "session":
+            self.session = SessionJoin(settings.reward_click, settings.reward_purchase)
         env = {**os.environ, **settings.to_env(), "STREAMRL_FEEDBACK_PARENT": str(os.getpid())}
         self._proc = subprocess.Popen([sys.executable, "-m", "streamrl.serving.feedback", str(self.dir)], env=env,
+                                      stdin=subprocess.PIPE if self.session is not None else None,
                                       start_new_session=True)   # stopped by close(), not by the server's Ctrl-C
+        if self.session is not None:
+            self._fd = self._proc.stdin.fileno()
+            os.set_blocking(self._fd, False)
+            try:
+                import fcntl
+
+                fcntl.fcntl(self._fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)   # bursts fit (Linux)
+            except (OSError, ImportError):
+                pass
+
+    def send(self, slates: list[tuple]) -> None:
+        """Hand joined slate records (session source) to the learning child, in one frame every
+        :data:`SEND_EVERY_S` (fewer writes and wake-ups of the child); never waits: what the pipe
+        cannot take is dropped (once the rest of a partly written frame is through)."""
+        import struct
+
+        import orjson
+
+        if self.session is None:
+            return
+        self._outbox += slates
+        now = time.monotonic()
+        if self._pending:                                # the rest of a partly written frame first
+            self._pending = self._pending[self._write(self._pending):]
+        if not self._outbox or now - self._sent_at < SEND_EVERY_S:
+            return
+        views = sum(len(r[1]) for r in self._outbox)
+        if self._pending:
+            self._drop(views)
+        else:
+            body = orjson.dumps({"t": time.time(), "slates": self._outbox})
+            frame = struct.pack("<I", len(body)) + body
+            n = self._write(frame)
+            if n == 0:
+                self._drop(views)
+            self._pending = frame[n:] if n else b""
+        self._outbox, self._sent_at = [], now
+
+    def _write(self, data: bytes) -> int:
+        """Bytes of ``data`` the pipe took now (0: full, or the child is gone)."""
+        try:
+            return os.write(self._fd, data)
+        except OSError:                                  # BlockingIOError: full; else the child is gone
+            return 0
+
+    def _drop(self, n: int) -> None:
+        self.dropped += n
+        M.SERVING_FEEDBACK.labels("dropped").inc(n)
 
     def _matrix(self) -> np.ndarray:
         """The child's current ``D``: a view of the shared file (no copy per request)."""
@@ -334,16 +513,24 @@ class FeedbackLayer:
 
     def describe(self) -> dict[str, Any]:
         out = self.model.describe()
+        out["source"] = "session" if self.session is not None else "transitions"
         out["norm"] = round(float(np.linalg.norm(self._matrix())), 4)
         out["transitions"] = int(self.shared[-3])
         out["lag_s"] = round(float(self.shared[-4]), 3)
         out["learning"] = self._proc.poll() is None
+        if self.session is not None:
+            out["session_users"], out["dropped"] = len(self.session), self.dropped
         return out
 
     def close(self, timeout_s: float = 5.0) -> None:
         import shutil
         import subprocess
 
+        if self.session is not None:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
         self._proc.terminate()
         try:
             self._proc.wait(timeout=timeout_s)
@@ -360,16 +547,76 @@ def shared_state(directory: Path, dim: int, create: bool = False) -> np.ndarray:
                                      dtype=np.float64, shape=(size,) if create else None)
 
 
-def main() -> None:
-    """The learning child of :class:`FeedbackLayer`: transitions → model → shared file."""
-    import json
-    import signal
-    import sys
-
+def _transitions(settings: Settings, stop: list):
+    """The transitions source of the learning child: per poll, ``[(batch or error, Kafka
+    timestamp, where)]`` of the ``transitions`` topic from its end; ``[]`` on a quiet poll."""
     from kafka import TopicPartition
 
     from streamrl.kafka import make_consumer
     from streamrl.schema import decode_transitions
+
+    topic = settings.topic("transitions")
+    consumer = make_consumer(settings, group_id=None, auto_offset_reset="latest")
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or range(settings.partitions))]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)                           # what happens from now on, not the topic's history
+    try:
+        while not stop[0]:
+            try:
+                polled = consumer.poll(timeout_ms=100)
+            except Exception as e:  # broker trouble: the ranker keeps the matrix as it is; retry
+                log.warning("poll failed (%s); retrying", e)
+                time.sleep(1.0)
+                continue
+            out = []
+            for records in polled.values():
+                for rec in records:
+                    try:
+                        batch = decode_transitions(rec.value)
+                    except (ValueError, TypeError, KeyError, AttributeError) as e:
+                        batch = e
+                    out.append((batch, rec.timestamp / 1000.0, f"partition {rec.partition} offset {rec.offset}"))
+            yield out
+    finally:
+        consumer.close()
+
+
+def _session_frames(stop: list):
+    """The session source of the learning child: per read of stdin, ``[(views or error, the
+    ranker's send time, where)]`` of the frames :meth:`FeedbackLayer.send` wrote; ends with stdin."""
+    import select
+    import struct
+    import sys
+
+    import orjson
+
+    fd, buf, n = sys.stdin.buffer.fileno(), b"", 0
+    while not stop[0]:
+        if not select.select([fd], [], [], 0.1)[0]:
+            yield []
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:                                    # the ranker closed the pipe (or died)
+            return
+        buf += chunk
+        out = []
+        while len(buf) >= 4 and len(buf) >= 4 + struct.unpack_from("<I", buf)[0]:
+            size = struct.unpack_from("<I", buf)[0]
+            body, buf = buf[4:4 + size], buf[4 + size:]
+            n += 1
+            try:
+                doc = orjson.loads(body)
+                out.append((joined_views(doc["slates"]), float(doc["t"]), f"frame {n}"))
+            except (ValueError, TypeError, KeyError) as e:
+                out.append((e, time.time(), f"frame {n}"))
+        yield out
+
+
+def main() -> None:
+    """The learning child of :class:`FeedbackLayer`: its source → model → shared file."""
+    import json
+    import signal
+    import sys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s feedback: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -382,47 +629,36 @@ def main() -> None:
     shared = shared_state(directory, model.dim)
     stop = [False]
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
-    topic = settings.topic("transitions")
-    consumer = make_consumer(settings, group_id=None, auto_offset_reset="latest")
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or range(settings.partitions))]
-    consumer.assign(tps)
-    consumer.seek_to_end(*tps)                           # what happens from now on, not the topic's history
+    session = settings.serve_feedback_source == "session"
+    source = _session_frames(stop) if session else _transitions(settings, stop)
+    what = "joined views" if session else "transitions"
     counts, lag = np.zeros(3), 0.0
     d2 = model.dim * model.dim
     last_log, lags = time.monotonic(), []
-    while not stop[0] and os.getppid() == parent:
-        try:
-            polled = consumer.poll(timeout_ms=100)
-        except Exception as e:  # broker trouble: the ranker keeps the matrix as it is; retry
-            log.warning("poll failed (%s); retrying", e)
-            time.sleep(1.0)
-            continue
-        for records in polled.values():
-            for rec in records:
-                try:
-                    batch = decode_transitions(rec.value)
-                    if not isinstance(batch, list):
-                        raise TypeError("transitions is not a list")
-                except (ValueError, TypeError, KeyError, AttributeError) as e:
-                    counts[2] += 1
-                    log.warning("undecodable transitions message at partition %d offset %d: %s",
-                                rec.partition, rec.offset, e)
-                    continue
-                n = model.update(batch)
-                counts[0] += n
-                counts[1] += len(batch) - n
-                lag = max(0.0, time.time() - rec.timestamp / 1000.0)
-        if polled:
+    for messages in source:
+        if os.getppid() != parent:
+            break
+        for batch, sent, where in messages:
+            if not isinstance(batch, list):
+                counts[2] += 1
+                log.warning("undecodable %s message at %s: %s", what, where,
+                            batch if isinstance(batch, Exception) else "not a list")
+                continue
+            n = model.update(batch)
+            counts[0] += n
+            counts[1] += len(batch) - n
+            lag = max(0.0, time.time() - sent)
+        if messages:
             shared[:d2] = model.D.ravel()
             shared[d2:d2 + POSITIONS] = model.beta
             shared[-4] = lag
             shared[-3:] = counts
             lags.append(lag)
         if time.monotonic() - last_log >= 10 and lags:
-            log.info("%d transitions applied (%d skipped, %d malformed messages); lag p50 %.2f s, max %.2f s",
-                     counts[0], counts[1], counts[2], float(np.median(lags)), max(lags))
+            log.info("%d %s applied (%d skipped, %d malformed messages); lag p50 %.2f s, max %.2f s",
+                     counts[0], what, counts[1], counts[2], float(np.median(lags)), max(lags))
             last_log, lags = time.monotonic(), []
-    consumer.close()
+    source.close()
 
 
 if __name__ == "__main__":

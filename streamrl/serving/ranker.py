@@ -130,13 +130,18 @@ class Ranker:
             return [NotReady("no verified policy loaded yet") for _ in requests]
         out: list[Any] = [None] * len(requests)
         todo = []
+        join = self.feedback.session if self.feedback is not None else None
+        joined: list[tuple] = []   # the users' previous slates, joined to these requests' ``recent``
         for n, (user_id, candidates, k, *ctx) in enumerate(requests):
             try:
                 rows, known, unknown = self.lookup(policy, candidates)
             except (BadRankRequest, InvalidCandidates) as e:
                 out[n] = e
                 continue
-            history = merge_recent(self.history(user_id), ctx[0] if ctx else None)
+            recent = ctx[0] if ctx else None
+            history = merge_recent(self.history(user_id), recent)
+            if join is not None:
+                joined += join.outcomes(user_id, recent)
             todo.append((n, history, rows, known, unknown))
         scored = [t for t in todo if len(t[3])]
         scores = []
@@ -152,6 +157,11 @@ class Ranker:
         for n, history, _, known, unknown in todo:
             user_id, candidates, k = requests[n][:3]
             out[n] = self._slate(policy, user_id, candidates, k, history, known, unknown, by_request.get(n))
+            if join is not None:
+                join.served(user_id, history, [it["item_id"] for it in out[n]["items"]],
+                            requests[n][3] if len(requests[n]) > 3 else None)
+        if join is not None:
+            self.feedback.send(joined)      # to the layer's learning child, one write per batch
         if self.decisions is not None:
             self.decisions.flush()          # the batch's decisions to the producer child in one write
         return out

@@ -41,10 +41,12 @@ def build_service(settings: Settings, seed: int | None = None,
     text = catalog_text(settings)
     feedback = None
     if settings.serve_feedback_weight > 0:
-        if settings.bootstrap_servers and len(text) >= 2:
+        session = settings.serve_feedback_source == "session"
+        if (session or settings.bootstrap_servers) and len(text) >= 2:
             feedback = FeedbackLayer(settings, text)
         else:
-            log.warning("fast feedback layer off: it needs a broker (transitions) and a catalog (item text)")
+            log.warning("fast feedback layer off: it needs a catalog (item text) and, learning from transitions, "
+                        "a broker")
     ranker = Ranker(settings, text, open_store(settings.state_store, settings.state_namespace),
                     decisions, seed=seed, feedback=feedback)
     watcher = SnapshotWatcher(settings, ranker)

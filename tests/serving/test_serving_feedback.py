@@ -99,23 +99,26 @@ def test_a_fresh_matrix_starts_with_what_happened_since_the_fall_began(caplog):
     assert [_preferred(model, h) for h in range(GROUPS)] == [1, 2, 3, 0]          # ... and D knows it already
 
 
-def test_replaying_the_transitions_since_the_fall_turns_the_matrix_faster(monkeypatch):
-    def margin(steps: int) -> float:
+def test_after_a_fall_each_transition_also_replays_ones_since_the_fall(monkeypatch):
+    """The replays are extra steps on the transitions since the fall (the matrix moves further
+    from zero) toward the same mapping. (Whether they pay is a question for the closed loop, not
+    for this toy: here the turn after 300 transitions came out 0.87-1.15x without them, by seed;
+    in-process see README.)"""
+    def run(steps: int) -> FeedbackModel:
         monkeypatch.setattr(feedback, "REPLAY_STEPS", steps)
         model = FeedbackModel(_catalog(), dim=8, hold=50_000)
         rng = np.random.default_rng(8)
         model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 12000, served=0.7))
-        rotated = {h: (h + 1) % GROUPS for h in range(GROUPS)}
         _until_fall(model, rng, rotated)
         model.update(_transitions(rng, rotated, 300, served=0.7))
-        cands = [f"g{k}-{n}" for k in range(GROUPS) for n in range(25)]
-        gaps = []
-        for h in range(GROUPS):   # the correction of the group liked now over the group liked before
-            corr = model.correction([f"g{h}-{n}" for n in range(5)], cands).reshape(GROUPS, 25).mean(1)
-            gaps.append(corr[rotated[h]] - corr[h])
-        return float(np.mean(gaps))
+        return model
 
-    assert margin(feedback.REPLAY_STEPS) > 1.05 * margin(0) > 0        # 88 against 80 (seeded)
+    rotated = {h: (h + 1) % GROUPS for h in range(GROUPS)}
+    steps = feedback.REPLAY_STEPS
+    plain, replayed = run(0), run(steps)
+    assert len(replayed._fallen) == len(plain._fallen) > 1000                 # the backlog and the 300
+    assert np.linalg.norm(replayed.D) > 1.03 * np.linalg.norm(plain.D)       # 4.40 against 4.18 (seeded)
+    assert [_preferred(m, h) for m in (plain, replayed) for h in range(GROUPS)] == [1, 2, 3, 0] * 2
 
 
 def test_a_weaker_policy_version_is_not_a_drift():
@@ -129,6 +132,21 @@ def test_a_weaker_policy_version_is_not_a_drift():
     assert model.drifts == 0 and not model.D.any()
     model.update(_transitions(rng, {h: (h + 1) % GROUPS for h in range(GROUPS)}, 3000, served=0.3))
     assert model.drifts == 1                                          # a drift still is
+
+
+def test_a_fall_is_flagged_against_the_rate_before_it():
+    """Three users in four move (engagement ~0.47 -> ~0.17): the recent rate is held against the
+    long-run rate of the views before the last ~2k, which the fall has not pulled down yet (held
+    against a long-run rate of every view, this came 2.7-2.8k transitions after the fall, and a
+    demo drift that halved engagement was never flagged)."""
+    model = FeedbackModel(_catalog(), dim=8, hold=50_000)
+    rng = np.random.default_rng(1)
+    model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 12000, served=0.7))
+    for _ in range(50):
+        model.update(_transitions(rng, {0: 1, 1: 2, 2: 3, 3: 3}, 100, served=0.7))
+        if model.drifts:
+            break
+    assert model.drifts == 1 and model.seen - 12000 <= 2200                 # 1.9k (seeded)
 
 
 def test_it_ranks_by_what_an_engagement_is_worth_not_by_clicks():
@@ -207,3 +225,94 @@ def test_the_child_learns_from_the_transitions_topic(settings):
         layer.close()
     assert layer._proc.poll() is not None and not layer.dir.exists()
 
+
+
+# --- the session source: the ranker joins slates to the next request's ``recent`` ----------------
+
+def test_a_session_join_reads_clicks_purchases_and_skips_from_the_next_request():
+    j = feedback.SessionJoin(reward_click=1.0, reward_purchase=5.0, pending=2, max_users=2)
+    assert j.outcomes("u", ["a"]) == []                        # nothing served yet
+    j.served("u", ["a"], ["x", "y", "z"], ["a"])
+    assert j.outcomes("u", ["a", "y", "z", "z"]) == [(["a"], ["x", "y", "z"], [0.0, 1.0, 5.0], [0, 1, 2])]
+    assert j.outcomes("u", ["a", "y", "z", "z"]) == []        # a slate is joined once
+    # y was clicked: its purchase, reported within the next 2 requests, adds the difference
+    j.served("u", ["a", "y"], ["w"], ["a", "y", "z", "z"])
+    assert j.outcomes("u", ["y", "z", "z"]) == [(["a", "y"], ["w"], [0.0], [0])]    # "a" aged out: no gain
+    j.served("u", ["y"], ["v"], ["y", "z", "z"])
+    assert j.outcomes("u", ["y", "z", "z", "y"]) == [(["a"], ["y"], [4.0], [1]), (["y"], ["v"], [0.0], [0])]
+    # a click's purchase is looked for in the next `pending` requests only
+    j.served("u", ["y"], ["q"], ["q"])
+    for recent in (["q", "r"], ["q", "r"]):
+        assert j.outcomes("u", recent)[-1][2] in ([1.0], [0.0])
+        j.served("u", ["y"], ["r"], recent)
+    assert [r[2] for r in j.outcomes("u", ["q", "r", "q"])] == [[0.0]]   # q's purchase came too late
+    # a request without ``recent`` reports no engagement; the least recently served user goes first
+    j.served("u", [], ["x"], None)
+    assert j.outcomes("u", None) == [([], ["x"], [0.0], [0])]
+    for u in ("u1", "u2", "u3"):
+        j.served(u, [], ["x"], None)
+    assert len(j) == 2 and j.outcomes("u1", ["x"]) == []
+
+
+def test_bad_slate_records_become_records_the_model_skips():
+    model = FeedbackModel(_catalog(), dim=8)
+    views = feedback.joined_views([(["g0-1"], ["g1-1", "g1-2"], [1.0, 0.0], [0, 1]), "junk", (1, 2),
+                                   (["g0-1"], ["g1-1"], [1.0, 0.0], [0]), (["g0-1"], "g1-1", [1.0], [0])])
+    assert len(views) == 6 and views[2:] == [None, None, None, None]
+    assert model.update(views) == 2
+
+
+def _slates(rng, likes: dict[int, int], n: int) -> list[tuple]:
+    """:func:`_transitions` as the ranker's slate records (one view each)."""
+    return [(t["state"], [t["action"]], [t["reward"]], [t["position"]]) for t in _transitions(rng, likes, n)]
+
+
+def test_the_child_learns_from_the_rankers_session_joins(settings):
+    import os
+    import struct
+
+    s = settings.replace(serve_feedback_dim=8, serve_feedback_hold=0, serve_feedback_source="session")
+    layer = FeedbackLayer(s, _catalog())
+    try:
+        assert layer.session is not None and layer.describe()["source"] == "session"
+        os.write(layer._fd, struct.pack("<I", 8) + b"not json")               # a malformed frame
+        rng = np.random.default_rng(3)
+        for _ in range(4):
+            layer.send(_slates(rng, {h: h for h in range(GROUPS)}, 1000))
+            time.sleep(feedback.SEND_EVERY_S)
+        layer.send([])                                                          # the last ones go out
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and layer.describe()["transitions"] < 4000:
+            time.sleep(0.2)
+        info = layer.describe()
+        assert info["transitions"] == 4000 and info["learning"] and info["norm"] > 0 and info["dropped"] == 0
+        assert [_preferred(layer, h) for h in range(GROUPS)] == [0, 1, 2, 3]
+        assert layer.shared[-1] == 1                                            # the malformed frame, counted
+    finally:
+        layer.close()
+    assert layer._proc.poll() is not None and not layer.dir.exists()
+
+
+def test_the_ranker_joins_each_users_slates_to_their_next_request(settings):
+    from serving_snapshots import catalog_text, make_snapshot
+
+    from streamrl.serving.ranker import Ranker
+
+    s = settings.replace(serve_feedback_source="session", serve_exploration="greedy")
+    layer = FeedbackLayer(s, catalog_text())
+    ranker = Ranker(s, catalog_text(), None, None, seed=0, feedback=layer)
+    try:
+        assert ranker.offer(make_snapshot(1))
+        first = ranker.rank("u1", ["i1", "i2", "i3", "i4"], 3)
+        shown = [it["item_id"] for it in first["items"]]
+        assert layer.describe()["session_users"] == 1
+        ranker.rank("u1", ["i5", "i6"], 2, recent=[shown[1]])     # the second item was clicked
+        ranker.rank("u2", ["i5", "i6"], 2)                        # another user: nothing to join yet
+        time.sleep(feedback.SEND_EVERY_S)
+        ranker.rank("u2", ["i5", "i6"], 2)                        # joins u2's first slate; the batch goes out
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and layer.describe()["transitions"] < 5:
+            time.sleep(0.1)
+        assert layer.describe()["transitions"] == 5               # u1's 3 views and u2's 2
+    finally:
+        ranker.close()
