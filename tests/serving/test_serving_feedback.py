@@ -134,19 +134,22 @@ def test_a_weaker_policy_version_is_not_a_drift():
     assert model.drifts == 1                                          # a drift still is
 
 
-def test_a_fall_is_flagged_against_the_rate_before_it():
-    """Three users in four move (engagement ~0.47 -> ~0.17): the recent rate is held against the
-    long-run rate of the views before the last ~2k, which the fall has not pulled down yet (held
-    against a long-run rate of every view, this came 2.7-2.8k transitions after the fall, and a
-    demo drift that halved engagement was never flagged)."""
+def test_a_smaller_fall_is_flagged_against_the_rate_before_it():
+    """Two users in three move (engagement ~0.47 -> ~0.2, a fall of ~56%): the long-run rate of
+    every view comes down with the recent one and never sees 40% between them (this was never
+    flagged); against the rate of the views before the last ~2k, which the fall has not pulled
+    down yet, it is, once it has lasted PERSIST transitions."""
     model = FeedbackModel(_catalog(), dim=8, hold=50_000)
     rng = np.random.default_rng(1)
-    model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 12000, served=0.7))
-    for _ in range(50):
-        model.update(_transitions(rng, {0: 1, 1: 2, 2: 3, 3: 3}, 100, served=0.7))
+    same, rotated = {h: h for h in range(GROUPS)}, {h: (h + 1) % GROUPS for h in range(GROUPS)}
+    model.update(_transitions(rng, same, 12000, served=0.7))
+    for _ in range(80):
+        n = int(rng.binomial(100, 0.65))
+        batch = _transitions(rng, rotated, n, served=0.7) + _transitions(rng, same, 100 - n, served=0.7)
+        model.update([batch[i] for i in rng.permutation(100)])
         if model.drifts:
             break
-    assert model.drifts == 1 and model.seen - 12000 <= 2200                 # 1.9k (seeded)
+    assert model.drifts == 1 and model.seen - 12000 <= 5000                 # 3.7k (seeded)
 
 
 def test_it_ranks_by_what_an_engagement_is_worth_not_by_clicks():
