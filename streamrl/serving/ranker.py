@@ -161,7 +161,7 @@ class Ranker:
                 join.served(user_id, history, [it["item_id"] for it in out[n]["items"]],
                             requests[n][3] if len(requests[n]) > 3 else None)
         if join is not None:
-            self.feedback.send(joined)      # to the layer's learning child, one write per batch
+            self.feedback.send(joined)      # to the layer's learning child (a write every SEND_EVERY_S)
         if self.decisions is not None:
             self.decisions.flush()          # the batch's decisions to the producer child in one write
         return out
