@@ -7,8 +7,9 @@ hyperparameters (``streamrl.demo.DEMO_LEARNER``), the learner takes ``updates_pe
 steps per transition, and every ``--publish-every`` events a copy of the online network becomes
 the served policy (ε-greedy slates with exact propensities, as the ranker draws them; random
 slates until ``min_transitions_to_publish``), plus the ranker's fast feedback layer
-(:mod:`streamrl.serving.feedback`, fed every transition as it is emitted; ``--feedback-weight 0``
-turns it off). Unlike the demo, the user state is current at every request and nothing waits on
+(:mod:`streamrl.serving.feedback`; as the demo's, it learns from each user's last slate joined to
+the next request's session context, ``--feedback-source transitions``: from every transition as it
+is emitted, ``--lag`` events late; ``--feedback-weight 0`` turns it off). Unlike the demo, the user state is current at every request and nothing waits on
 the wall clock, so the figures are the learner's, not the pipeline's; the same seed gives the
 same world as ``streamrl demo`` (the baselines' figures equal the demo's). The oracle and
 popularity arms run on their own copies of the world.
