@@ -44,6 +44,11 @@ def build_service(settings: Settings, seed: int | None = None,
         session = settings.serve_feedback_source == "session"
         if (session or settings.bootstrap_servers) and len(text) >= 2:
             feedback = FeedbackLayer(settings, text)
+            if session and settings.serve_workers > 1:
+                log.warning("fast feedback layer learns from session joins in each of %d workers: a user's next "
+                            "request reaches the worker that served the last slate ~1/%d of the time (the port is "
+                            "shared, not user-sticky); serve_feedback_source=transitions sees every view",
+                            settings.serve_workers, settings.serve_workers)
         else:
             log.warning("fast feedback layer off: it needs a catalog (item text) and, learning from transitions, "
                         "a broker")
