@@ -121,18 +121,23 @@ class InProcessLearned:
         if not out:
             return
         if self.feedback is not None and self.session is None:  # the ranker's child reads the transitions topic
-            before, started = self.feedback.drifts, self.feedback.started
-            self.feedback.update(out)
-            if self.feedback.drifts != before:
-                fresh = "from zero" if self.feedback.started != started else "kept"
-                print(f"[learned] feedback layer: engagement fell at event {self.events} (fall {self.feedback.drifts}, "
-                      f"D {fresh}, on for {self.feedback.hold} transitions)", file=sys.stderr)
+            self._feed_layer(out)
         self.transitions += self.learner.ingest(out)
         self.owed += len(out) * self.cfg.updates_per_transition
         steps = int(self.owed)
         if steps:
             self.owed -= steps
             self.learner.train(steps)
+
+    def _feed_layer(self, views: list) -> None:
+        """The feedback layer learns ``views``; a detected fall is reported."""
+        before, started = self.feedback.drifts, self.feedback.started
+        self.feedback.update(views)
+        if self.feedback.drifts != before:
+            fresh = "from zero" if self.feedback.started != started else "kept"
+            source = "session" if self.session is not None else "transitions"
+            print(f"[learned] feedback layer ({source}): engagement fell at event {self.events} (fall "
+                  f"{self.feedback.drifts}, D {fresh}, on for {self.feedback.hold} views)", file=sys.stderr)
 
     # --- the ranker -------------------------------------------------------------------------
     def rank(self, user_id: str, candidates: list[str], k: int, ts: int) -> Ranking:
@@ -141,12 +146,7 @@ class InProcessLearned:
             recent = [i for t, i in self.recent.get(user_id, ()) if t >= ts - SESSION_MS] or None
             out = joined_views(self.session.outcomes(user_id, recent))
             if out:
-                before, started = self.feedback.drifts, self.feedback.started
-                self.feedback.update(out)
-                if self.feedback.drifts != before:
-                    fresh = "from zero" if self.feedback.started != started else "kept"
-                    print(f"[learned] feedback layer (session): engagement fell at event {self.events} (fall "
-                          f"{self.feedback.drifts}, D {fresh})", file=sys.stderr)
+                self._feed_layer(out)
         if self.served is None:
             p = 1.0 / len(candidates)
             picked = self.rng.choice(len(candidates), size=min(k, len(candidates)), replace=False)

@@ -37,6 +37,17 @@ _PIPE_BYTES = 1 << 20      # ask for a 1 MiB pipe (Linux F_SETPIPE_SZ): bursts f
 _IOV_MAX = 512             # frames per writev
 
 
+def nonblocking_pipe(fd: int) -> int:
+    """Make the write end ``fd`` of a pipe to a child non-blocking and ask for a 1 MiB pipe (Linux
+    F_SETPIPE_SZ: bursts fit); returns ``fd``."""
+    os.set_blocking(fd, False)
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
+    except OSError:   # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe size
+        pass
+    return fd
+
+
 class DecisionLog:
     """``log(key, value)`` queues one record for ``ranking.decisions``; ``flush()`` hands what is
     queued to the producer child. Neither blocks the caller."""
@@ -45,12 +56,7 @@ class DecisionLog:
         env = {**os.environ, **settings.to_env()}
         self._proc = subprocess.Popen([sys.executable, "-m", "streamrl.serving.decisions"], stdin=subprocess.PIPE,
                                       env=env, start_new_session=True)   # Ctrl-C of the server is not its signal
-        self._fd = self._proc.stdin.fileno()
-        os.set_blocking(self._fd, False)
-        try:
-            fcntl.fcntl(self._fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
-        except OSError:   # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe size
-            pass
+        self._fd = nonblocking_pipe(self._proc.stdin.fileno())
         self._queue: collections.deque[bytes] = collections.deque()
         self._lock = threading.Lock()          # one writer at a time: the ranker or the drainer
         self._dead = False

@@ -50,7 +50,7 @@ import logging
 import math
 import os
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -342,8 +342,6 @@ class SessionJoin:
 
     def __init__(self, reward_click: float, reward_purchase: float, pending: int = 3,
                  max_users: int = 200_000) -> None:
-        from collections import OrderedDict
-
         self.reward_click, self.reward_purchase = reward_click, reward_purchase
         self.pending, self.max_users = pending, max_users
         # user -> (history, items, Counter of recent | None once joined, clicked: [(item, history, position, requests left)])
@@ -355,8 +353,6 @@ class SessionJoin:
     def outcomes(self, user_id: str, recent: list[str] | None) -> list[tuple]:
         """Slate records of ``user_id``'s last served slate, with rewards from ``recent``, and of the
         purchases of items clicked in the slates before ([]: nothing to join); a slate is joined once."""
-        from collections import Counter
-
         last = self._last.get(user_id)
         if last is None or last[2] is None:
             return []
@@ -383,8 +379,6 @@ class SessionJoin:
     def served(self, user_id: str, history: list[str] | None, items: list[str], recent: list[str] | None) -> None:
         """Remember the slate ``items`` served to ``user_id`` with ``history`` (the policy's state)
         and the request's ``recent`` (call :meth:`outcomes` with it first)."""
-        from collections import Counter
-
         last = self._last.get(user_id)
         clicked = last[3] if last is not None and last[2] is None else []
         self._last[user_id] = (list(history or ()), list(items), Counter(recent or ()), clicked)
@@ -452,14 +446,9 @@ class FeedbackLayer:
                                       stdin=subprocess.PIPE if self.session is not None else None,
                                       start_new_session=True)   # stopped by close(), not by the server's Ctrl-C
         if self.session is not None:
-            self._fd = self._proc.stdin.fileno()
-            os.set_blocking(self._fd, False)
-            try:
-                import fcntl
+            from streamrl.serving.decisions import nonblocking_pipe
 
-                fcntl.fcntl(self._fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)   # bursts fit (Linux)
-            except (OSError, ImportError):
-                pass
+            self._fd = nonblocking_pipe(self._proc.stdin.fileno())
 
     def send(self, slates: list[tuple]) -> None:
         """Hand joined slate records (session source) to the learning child, in one frame every
@@ -611,16 +600,19 @@ def _session_frames(stop: list):
         if not chunk:                                    # the ranker closed the pipe (or died)
             return
         buf += chunk
-        out = []
-        while len(buf) >= 4 and len(buf) >= 4 + struct.unpack_from("<I", buf)[0]:
-            size = struct.unpack_from("<I", buf)[0]
-            body, buf = buf[4:4 + size], buf[4 + size:]
+        out, at = [], 0
+        while len(buf) - at >= 4:
+            end = at + 4 + struct.unpack_from("<I", buf, at)[0]
+            if len(buf) < end:                           # the rest of this frame comes with the next read
+                break
+            body, at = buf[at + 4:end], end
             n += 1
             try:
                 doc = orjson.loads(body)
                 out.append((joined_views(doc["slates"]), float(doc["t"]), f"frame {n}"))
             except (ValueError, TypeError, KeyError) as e:
                 out.append((e, time.time(), f"frame {n}"))
+        buf = buf[at:]
         yield out
 
 

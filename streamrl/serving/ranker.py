@@ -142,7 +142,7 @@ class Ranker:
             history = merge_recent(self.history(user_id), recent)
             if join is not None:
                 joined += join.outcomes(user_id, recent)
-            todo.append((n, history, rows, known, unknown))
+            todo.append((n, history, rows, known, unknown, recent))
         scored = [t for t in todo if len(t[3])]
         scores = []
         if scored:
@@ -150,16 +150,15 @@ class Ranker:
             scores = policy.score_many(states, [t[2][t[3]] for t in scored])
         by_request = {t[0]: sc for t, sc in zip(scored, scores)}
         if self.feedback is not None:
-            for n, history, _, known, _ in scored:
+            for n, history, _, known, *_ in scored:
                 corr = self.feedback.correction(history, [requests[n][1][j] for j in known.tolist()])
                 if corr is not None:
                     by_request[n] = by_request[n] + corr
-        for n, history, _, known, unknown in todo:
+        for n, history, _, known, unknown, recent in todo:
             user_id, candidates, k = requests[n][:3]
             out[n] = self._slate(policy, user_id, candidates, k, history, known, unknown, by_request.get(n))
             if join is not None:
-                join.served(user_id, history, [it["item_id"] for it in out[n]["items"]],
-                            requests[n][3] if len(requests[n]) > 3 else None)
+                join.served(user_id, history, [it["item_id"] for it in out[n]["items"]], recent)
         if join is not None:
             self.feedback.send(joined)      # to the layer's learning child (a write every SEND_EVERY_S)
         if self.decisions is not None:
