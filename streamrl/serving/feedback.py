@@ -121,10 +121,8 @@ class FeedbackModel:
         self.seen, self.active_until, self.drifts, self._level, self.started = 0, 0, 0, 0.0, 0
         self._long_run, self._recent, self._low = 0.0, 0.0, False
         # the long-run rate of the views before the last ~2k (those the recent rate has taken)
-        self._aging: deque = deque(maxlen=round(1 / RECENT_ALPHA))
-        self._before, self._aged, self._below_since = 0.0, 0, 0
         self._aging: deque = deque(maxlen=round(1 / RECENT_ALPHA))   # the views the long-run rate has yet to take
-        self._aged = 0
+        self._before, self._aged, self._below_since = 0.0, 0, 0
         self._backlog: deque = deque(maxlen=BACKLOG if hold else 0)   # (action row, state, reward, position)
         self._fallen: list[tuple] = []       # (context, action row, reward, position) since the fall began
         self._rng = np.random.default_rng(0)
