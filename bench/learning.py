@@ -158,6 +158,7 @@ class InProcessLearned:
         state = torch.tensor([[PAD] * (self.cfg.history_len - len(rows)) + rows])
         with torch.no_grad():
             scores = self.served.score(state, vocab.lookup(candidates))[0].numpy().astype(np.float64)
+        centred = scores - scores.mean()  # the policy's own scores, as the ranker hands them to the layer
         if self.feedback is not None:
             corr = self.feedback.correction(hist, candidates)
             if corr is not None:
@@ -166,7 +167,8 @@ class InProcessLearned:
         picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
                                      temperature=s.serve_temperature, pool=s.serve_softmax_pool)
         if self.session is not None:
-            self.session.served(user_id, hist, [candidates[n] for n in picked], recent)
+            self.session.served(user_id, hist, [candidates[n] for n in picked], recent,
+                                [float(centred[n]) for n in picked])
         return [(candidates[n], float(p)) for n, p in zip(picked, props)]
 
 

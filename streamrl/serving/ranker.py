@@ -149,6 +149,7 @@ class Ranker:
             states = np.concatenate([policy.state(t[1] or []) for t in scored])
             scores = policy.score_many(states, [t[2][t[3]] for t in scored])
         by_request = {t[0]: sc for t, sc in zip(scored, scores)}
+        policy_scores = dict(by_request)    # before the layer's correction: what the layer learns against
         if self.feedback is not None:
             for n, history, _, known, *_ in scored:
                 corr = self.feedback.correction(history, [requests[n][1][j] for j in known.tolist()])
@@ -158,7 +159,9 @@ class Ranker:
             user_id, candidates, k = requests[n][:3]
             out[n] = self._slate(policy, user_id, candidates, k, history, known, unknown, by_request.get(n))
             if join is not None:
-                join.served(user_id, history, [it["item_id"] for it in out[n]["items"]], recent)
+                served = [it["item_id"] for it in out[n]["items"]]
+                join.served(user_id, history, served, recent,
+                            _centred(policy_scores.get(n), candidates, known, served))
         if join is not None:
             self.feedback.send(joined)      # to the layer's learning child (a write every SEND_EVERY_S)
         if self.decisions is not None:
@@ -238,6 +241,20 @@ class Ranker:
             self.store.close()
 
 
+
+
+def _centred(scores: np.ndarray | None, candidates: list[str], known: np.ndarray,
+             served: list[str]) -> list[float] | None:
+    """The policy's scores of the ``served`` items less the mean over the request's scored
+    candidates (``scores`` aligned with ``known``); 0 for an unscored item, None without scores.
+
+    >>> _centred(np.array([1.0, 3.0, 5.0]), ["a", "b", "c", "d"], np.array([0, 2, 3]), ["d", "b", "a"])
+    [2.0, 0.0, -2.0]
+    """
+    if scores is None or not len(scores):
+        return None
+    by_item = dict(zip((candidates[j] for j in known.tolist()), (scores - scores.mean()).tolist()))
+    return [by_item.get(i, 0.0) for i in served]
 
 
 def _repeats(rows: np.ndarray, n_rows: int) -> bool:

@@ -235,14 +235,16 @@ def test_the_child_learns_from_the_transitions_topic(settings):
 def test_a_session_join_reads_clicks_purchases_and_skips_from_the_next_request():
     j = feedback.SessionJoin(reward_click=1.0, reward_purchase=5.0, pending=2, max_users=2)
     assert j.outcomes("u", ["a"]) == []                        # nothing served yet
-    j.served("u", ["a"], ["x", "y", "z"], ["a"])
-    assert j.outcomes("u", ["a", "y", "z", "z"]) == [(["a"], ["x", "y", "z"], [0.0, 1.0, 5.0], [0, 1, 2])]
+    j.served("u", ["a"], ["x", "y", "z"], ["a"], [1.5, 0.5, -0.25])           # with the policy's scores
+    assert j.outcomes("u", ["a", "y", "z", "z"]) == [(["a"], ["x", "y", "z"], [0.0, 1.0, 5.0], [0, 1, 2],
+                                                      [1.5, 0.5, -0.25])]
     assert j.outcomes("u", ["a", "y", "z", "z"]) == []        # a slate is joined once
     # y was clicked: its purchase, reported within the next 2 requests, adds the difference
     j.served("u", ["a", "y"], ["w"], ["a", "y", "z", "z"])
-    assert j.outcomes("u", ["y", "z", "z"]) == [(["a", "y"], ["w"], [0.0], [0])]    # "a" aged out: no gain
+    assert j.outcomes("u", ["y", "z", "z"]) == [(["a", "y"], ["w"], [0.0], [0], [0.0])]   # "a" aged out: no gain
     j.served("u", ["y"], ["v"], ["y", "z", "z"])
-    assert j.outcomes("u", ["y", "z", "z", "y"]) == [(["a"], ["y"], [4.0], [1]), (["y"], ["v"], [0.0], [0])]
+    # the purchase's view carries the score y was served with
+    assert j.outcomes("u", ["y", "z", "z", "y"]) == [(["a"], ["y"], [4.0], [1], [0.5]), (["y"], ["v"], [0.0], [0], [0.0])]
     # a click's purchase is looked for in the next `pending` requests only
     j.served("u", ["y"], ["q"], ["q"])
     for recent in (["q", "r"], ["q", "r"]):
@@ -251,7 +253,7 @@ def test_a_session_join_reads_clicks_purchases_and_skips_from_the_next_request()
     assert [r[2] for r in j.outcomes("u", ["q", "r", "q"])] == [[0.0]]   # q's purchase came too late
     # a request without ``recent`` reports no engagement; the least recently served user goes first
     j.served("u", [], ["x"], None)
-    assert j.outcomes("u", None) == [([], ["x"], [0.0], [0])]
+    assert j.outcomes("u", None) == [([], ["x"], [0.0], [0], [0.0])]
     for u in ("u1", "u2", "u3"):
         j.served(u, [], ["x"], None)
     assert len(j) == 2 and j.outcomes("u1", ["x"]) == []
@@ -263,6 +265,51 @@ def test_bad_slate_records_become_records_the_model_skips():
                                    (["g0-1"], ["g1-1"], [1.0, 0.0], [0]), (["g0-1"], "g1-1", [1.0], [0])])
     assert len(views) == 6 and views[2:] == [None, None, None, None]
     assert model.update(views) == 2
+    scored = feedback.joined_views([(["g0-1"], ["g1-1"], [1.0], [0], [0.5]), (["g0-1"], ["g1-1"], [1.0], [0], [0.5, 1.0]),
+                                    (["g0-1"], ["g1-1"], [1.0], [0], "0.5")])
+    assert scored[0]["score"] == 0.5 and scored[1:] == [None, None]
+    bad = {"state": ["g0-1"], "action": "g1-1", "reward": 1.0, "position": 0}
+    assert model.update([{**bad, "score": "x"}, {**bad, "score": float("nan")}]) == 1   # an unreadable score: skipped; NaN: 0
+    assert np.isfinite(model.coef)
+
+
+def _drifted_views(rng, n: int, per_group: int = 25) -> list[dict]:
+    """After a drift: users with a group-h history engage with group h+1 (60%, else 2%), while the
+    policy still scores their old group highest (+3, the others -1: centred); it serves that
+    group half of the time and a random one otherwise."""
+    out = []
+    for _ in range(n):
+        h = int(rng.integers(GROUPS))
+        a = h if rng.random() < 0.5 else int(rng.integers(GROUPS))
+        engaged = rng.random() < (0.6 if a == (h + 1) % GROUPS else 0.02)
+        out.append({"state": [f"g{h}-{int(i)}" for i in rng.integers(per_group, size=5)],
+                    "action": f"g{a}-{int(rng.integers(per_group))}", "reward": float(engaged),
+                    "position": int(rng.integers(10)), "score": 3.0 if a == h else -1.0})
+    return out
+
+
+def test_the_layer_learns_against_the_policys_score_and_weighs_it():
+    """With the served score in its model the layer learns what the policy gets wrong: after a
+    drift the policy's score of the old group stops explaining engagement, its coefficient falls,
+    and the ranking it corrects (policy score + correction) puts the new group first."""
+    model = FeedbackModel(_catalog(), dim=8)
+    assert model.coef == 1 / model.weight
+    rng = np.random.default_rng(5)
+    model.update(_drifted_views(rng, 8000))
+    assert model.coef < 1 / model.weight                      # the policy's score explains less than assumed
+    cands = [f"g{k}-{n}" for k in range(GROUPS) for n in range(25)]
+    for h in range(GROUPS):
+        policy = np.array([3.0 if k == h else -1.0 for k in range(GROUPS) for _ in range(25)])
+        ranked = (policy + model.correction([f"g{h}-{n}" for n in range(5)], cands)).reshape(GROUPS, 25).mean(1)
+        assert int(np.argmax(ranked)) == (h + 1) % GROUPS, (h, ranked)
+    # a policy whose score does explain engagement keeps (raises) its coefficient
+    agree = FeedbackModel(_catalog(), dim=8)
+    views = _drifted_views(np.random.default_rng(6), 8000)
+    for v in views:
+        h, a = int(v["state"][0][1]), int(v["action"][1])
+        v["score"] = 3.0 if a == (h + 1) % GROUPS else -1.0
+    agree.update(views)
+    assert agree.coef > 1 / agree.weight
 
 
 def _slates(rng, likes: dict[int, int], n: int) -> list[tuple]:
@@ -289,6 +336,7 @@ def test_the_child_learns_from_the_rankers_session_joins(settings):
             time.sleep(0.2)
         info = layer.describe()
         assert info["transitions"] == 4000 and info["learning"] and info["norm"] > 0 and info["dropped"] == 0
+        assert info["score_coef"] == 1 / s.serve_feedback_weight   # these slates carry no scores: ``a`` as it started
         assert [_preferred(layer, h) for h in range(GROUPS)] == [0, 1, 2, 3]
         assert layer.shared[-1] == 1                                            # the malformed frame, counted
     finally:
@@ -309,6 +357,8 @@ def test_the_ranker_joins_each_users_slates_to_their_next_request(settings):
         first = ranker.rank("u1", ["i1", "i2", "i3", "i4"], 3)
         shown = [it["item_id"] for it in first["items"]]
         assert layer.describe()["session_users"] == 1
+        scores = layer.session._last["u1"][4]      # the policy's scores of the served items, less the mean
+        assert len(scores) == 3 and all(np.isfinite(scores)) and sum(scores) >= 0   # greedy: the top 3 of 4
         ranker.rank("u1", ["i5", "i6"], 2, recent=[shown[1]])     # the second item was clicked
         ranker.rank("u2", ["i5", "i6"], 2)                        # another user: nothing to join yet
         time.sleep(feedback.SEND_EVERY_S)
