@@ -23,7 +23,9 @@ layer adapts in the ranker itself, in the time the processor needs to emit a vie
 - **When.** With ``hold`` > 0 (the service's default), the engagement rate of every transition
   is watched; when the recent rate (~2k transitions) falls 40% below the long-run one (~10k;
   :data:`FALL_SHARE`), or stays 40% below the long-run rate of the views before the last ~2k
-  for :data:`PERSIST` transitions (a smaller fall pulls the first down with it), ``D`` starts
+  for :data:`PERSIST` transitions (a smaller fall pulls the first down with it; that earlier
+  rate is held where it was while the recent rate slides below :data:`SLIDE_SHARE` of it, else
+  the fall drags it down too), ``D`` starts
   from zero and learns for ``hold`` transitions, then is zero again. It starts with what it
   has missed: the transitions since the fall began (where the cumulative excess of engagement
   over the long-run rate peaked, in a backlog of the last :data:`BACKLOG`), and
@@ -81,6 +83,9 @@ RECENT_ALPHA, LONG_RUN_ALPHA = 1 / 2000, 1e-4
 #: ... or when it stays below FALL_SHARE of the long-run rate before the last ~2k transitions for
 #: this many transitions (a slower or smaller fall, which pulls the long-run rate down with it).
 PERSIST = 1500
+#: ... where that earlier rate is held once the recent rate slides below SLIDE_SHARE of it, until
+#: the recent rate is back at 0.9 of it or for HOLD_REF_FOR transitions.
+SLIDE_SHARE, HOLD_REF_FOR = 0.8, 20_000
 #: A fall detected while D is on starts it over only below this share of the lowest engagement
 #: rate since it started.
 RESTART_BELOW = 0.8
@@ -141,6 +146,7 @@ class FeedbackModel:
         # the long-run rate of the views before the last ~2k (those the recent rate has taken)
         self._aging: deque = deque(maxlen=round(1 / RECENT_ALPHA))   # the views the long-run rate has yet to take
         self._before, self._aged, self._below_since = 0.0, 0, 0
+        self._ref, self._held_since = 0.0, 0            # the reference rate, and since when it is held
         self._backlog: deque = deque(maxlen=BACKLOG if hold else 0)   # (action row, state, reward, position, score)
         self._fallen: list[tuple] = []       # (context, action row, reward, position, score) since the fall began
         self._rng = np.random.default_rng(0)
@@ -318,7 +324,16 @@ class FeedbackModel:
             self._aged += 1
             self._before += max(LONG_RUN_ALPHA, 1.0 / self._aged) * (self._aging[0] - self._before)
         self._aging.append(engaged)
-        below = self._recent < FALL_SHARE * self._before
+        # the reference: the earlier views' rate, held where it was while the recent rate slides
+        # (else a slow fall drags it down as fast as the recent rate falls, and a fall of ~55% at a
+        # demo's ~8% engagement was missed in 1-5 of 10 seeded streams)
+        if self._held_since and (self._recent >= 0.9 * self._ref or n - self._held_since > HOLD_REF_FOR):
+            self._held_since = 0
+        if not self._held_since:
+            self._ref = self._before
+            if n >= 1.0 / LONG_RUN_ALPHA and self._recent < SLIDE_SHARE * self._ref:   # past the warm-up
+                self._held_since = n
+        below = self._recent < FALL_SHARE * self._ref
         self._below_since = (self._below_since or n) if below else 0
         if self._low:
             self._low = self._recent < 0.9 * self._long_run
@@ -697,8 +712,9 @@ def main() -> None:
             shared[-3:] = counts
             lags.append(lag)
         if time.monotonic() - last_log >= 10 and lags:
-            log.info("%d %s applied (%d skipped, %d malformed messages); lag p50 %.2f s, max %.2f s",
-                     counts[0], what, counts[1], counts[2], float(np.median(lags)), max(lags))
+            log.info("%d %s applied (%d skipped, %d malformed messages); lag p50 %.2f s, max %.2f s; "
+                     "D norm %.3f, score coefficient %.4f", counts[0], what, counts[1], counts[2],
+                     float(np.median(lags)), max(lags), float(np.linalg.norm(model.D)), model.coef)
             last_log, lags = time.monotonic(), []
     source.close()
 

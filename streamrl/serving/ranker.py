@@ -157,11 +157,11 @@ class Ranker:
                     by_request[n] = by_request[n] + corr
         for n, history, _, known, unknown, recent in todo:
             user_id, candidates, k = requests[n][:3]
-            out[n] = self._slate(policy, user_id, candidates, k, history, known, unknown, by_request.get(n))
+            out[n], picked = self._slate(policy, user_id, candidates, k, history, known, unknown, by_request.get(n))
             if join is not None:
-                served = [it["item_id"] for it in out[n]["items"]]
-                join.served(user_id, history, served, recent,
-                            _centred(policy_scores.get(n), candidates, known, served))
+                items = out[n]["items"]
+                join.served(user_id, history, [it["item_id"] for it in items], recent,
+                            _centred(policy_scores.get(n), picked, len(items)))
         if join is not None:
             self.feedback.send(joined)      # to the layer's learning child (a write every SEND_EVERY_S)
         if self.decisions is not None:
@@ -193,12 +193,14 @@ class Ranker:
         return rows, known, unknown_at
 
     def _slate(self, policy: Policy, user_id: str, candidates: list[str], k: int, history: list[str] | None,
-               known: np.ndarray, unknown: list[int], scores: np.ndarray | None) -> dict[str, Any]:
-        """Explore over the scored candidates, append the unscored ones, log the decision."""
+               known: np.ndarray, unknown: list[int], scores: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray | None]:
+        """Explore over the scored candidates, append the unscored ones, log the decision. Returns
+        the response and the picked positions in ``scores`` (None without scores)."""
         s = self.settings
         cold = not history
         k = min(k, len(candidates))
         items: list[dict[str, Any]] = []
+        picked = None
         if scores is not None:
             picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
                                          temperature=s.serve_temperature, pool=s.serve_softmax_pool)
@@ -216,7 +218,7 @@ class Ranker:
         out = {"request_id": uuid.uuid4().hex, "policy_version": policy.version, "user_id": user_id,
                "cold_start": cold, "exploration": s.serve_exploration, "items": items}
         self.log_decision(out)
-        return out
+        return out, picked
 
     def log_decision(self, response: dict[str, Any]) -> None:
         """Queue what was served for ``ranking.decisions`` (never blocks; keyed by user_id; written
@@ -243,18 +245,18 @@ class Ranker:
 
 
 
-def _centred(scores: np.ndarray | None, candidates: list[str], known: np.ndarray,
-             served: list[str]) -> list[float] | None:
-    """The policy's scores of the ``served`` items less the mean over the request's scored
-    candidates (``scores`` aligned with ``known``); 0 for an unscored item, None without scores.
+def _centred(scores: np.ndarray | None, picked: np.ndarray | None, n_served: int) -> list[float] | None:
+    """The policy's ``scores`` of the ``picked`` candidates less the mean over the request's scored
+    candidates, then 0 for the unscored items served after them (``n_served`` in all); None
+    without scores.
 
-    >>> _centred(np.array([1.0, 3.0, 5.0]), ["a", "b", "c", "d"], np.array([0, 2, 3]), ["d", "b", "a"])
-    [2.0, 0.0, -2.0]
+    >>> _centred(np.array([1.0, 3.0, 5.0]), np.array([2, 0]), 3)
+    [2.0, -2.0, 0.0]
     """
-    if scores is None or not len(scores):
+    if scores is None or picked is None or not len(scores):
         return None
-    by_item = dict(zip((candidates[j] for j in known.tolist()), (scores - scores.mean()).tolist()))
-    return [by_item.get(i, 0.0) for i in served]
+    out = (scores[picked] - scores.mean()).tolist()
+    return out + [0.0] * (n_served - len(out))
 
 
 def _repeats(rows: np.ndarray, n_rows: int) -> bool:
