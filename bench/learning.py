@@ -158,7 +158,7 @@ class InProcessLearned:
         state = torch.tensor([[PAD] * (self.cfg.history_len - len(rows)) + rows])
         with torch.no_grad():
             scores = self.served.score(state, vocab.lookup(candidates))[0].numpy().astype(np.float64)
-        centred = scores - scores.mean()  # the policy's own scores, as the ranker hands them to the layer
+        policy_scores = scores            # the policy's own scores: the layer learns against them
         if self.feedback is not None:
             corr = self.feedback.correction(hist, candidates)
             if corr is not None:
@@ -168,7 +168,7 @@ class InProcessLearned:
                                      temperature=s.serve_temperature, pool=s.serve_softmax_pool)
         if self.session is not None:
             self.session.served(user_id, hist, [candidates[n] for n in picked], recent,
-                                [float(centred[n]) for n in picked])
+                                (policy_scores[picked] - policy_scores.mean()).tolist())
         return [(candidates[n], float(p)) for n, p in zip(picked, props)]
 
 

@@ -133,7 +133,8 @@ class FeedbackModel:
         if weight <= 0:
             raise ValueError("weight must be > 0")
         self.lr, self.decay, self.weight, self.reward_unit = lr, decay, weight, reward_unit
-        self.coef = 1.0 / weight                        # ``a``: the served score's coefficient
+        self.coef_start = 1.0 / weight                  # ``a`` as D starts: the correction is weight * c^T D g
+        self.coef = self.coef_start                     # ``a``: the served score's coefficient
         self.context_len, self.recency = context_len, recency
         self.D = np.zeros((self.dim, self.dim))
         self.beta = np.zeros(POSITIONS)
@@ -237,14 +238,14 @@ class FeedbackModel:
                              or self.seen - self.started > RESTART_AFTER)
                     if fresh:
                         D, scale, self._level, self.started = np.zeros_like(D), 1.0, level, self.seen
-                        self.coef = 1.0 / self.weight
+                        self.coef = self.coef_start
                         backlog = self._learn_backlog(D, beta)
                     self.active_until = self.seen + self.hold
                     log.info("engagement fell to %.4f (drift %d) at transition %d: D %s for %d transitions", level,
                              self.drifts, self.seen, f"learns from zero ({backlog} since the fall began at once)"
                              if fresh else "keeps learning", self.hold)
                 elif self.seen == self.active_until + 1:     # the learner has had its time: off again
-                    D, scale, self.coef = np.zeros_like(D), 1.0, 1.0 / self.weight
+                    D, scale, self.coef = np.zeros_like(D), 1.0, self.coef_start
                 elif self.seen <= self.active_until:         # the lowest rate since D started
                     self._level = min(self._level, self._recent)
             on = not self.hold or self.seen <= self.active_until
@@ -446,7 +447,9 @@ def joined_views(slates: Iterable) -> list[dict[str, Any] | None]:
     for rec in slates:
         try:
             history, items, rewards, positions, *rest = rec
-            scores = rest[0] if len(rest) == 1 else [0.0] * len(items) if not rest else None
+            if len(rest) > 1:
+                raise TypeError("not a slate record")
+            scores = rest[0] if rest else [0.0] * len(items)
             if not all(isinstance(x, list) for x in (items, rewards, positions, scores)):
                 raise TypeError("not a slate record")
             out += [{"action": i, "state": history, "reward": r, "position": p, "score": sc}
