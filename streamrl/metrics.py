@@ -123,10 +123,6 @@ SERVING_FEEDBACK = Counter("streamrl_serving_feedback_transitions_total",
                            "take in time).", ["outcome"])
 SERVING_FEEDBACK_NORM = Gauge("streamrl_serving_feedback_norm",
                               "Frobenius norm of the fast feedback layer's interaction matrix (0: not learned or off).")
-SERVING_FEEDBACK_COEF = Gauge("streamrl_serving_feedback_score_coef",
-                              "The fast feedback layer's learned coefficient of the served policy's score in its "
-                              "engagement model (starts at 1/serve_feedback_weight when the layer starts; falls "
-                              "when the policy's own score explains less of what users engage with).")
 SERVING_FEEDBACK_LAG = Gauge("streamrl_serving_feedback_lag_seconds",
                              "Seconds from a transitions message's Kafka timestamp (session source: from the join "
                              "in the ranker) to its application by the fast feedback layer (last poll).")
