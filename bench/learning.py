@@ -49,7 +49,7 @@ from streamrl.producers.policies import Ranking
 from streamrl.producers.simulator import SimConfig, Simulator
 from streamrl.report import CurveRecorder, load_curves, markdown_table, summarize
 from streamrl.serving.explore import sample_slate
-from streamrl.serving.feedback import FeedbackModel, SessionJoin, joined_views
+from streamrl.serving.feedback import FeedbackModel, SessionJoin, centred_scores, joined_views
 
 #: The feed client's session context, as the demo's (RankerWithFallback): last 10 engagements, 6 simulated hours.
 SESSION_LEN, SESSION_MS = 10, 6 * 3600 * 1000
@@ -168,7 +168,7 @@ class InProcessLearned:
                                      temperature=s.serve_temperature, pool=s.serve_softmax_pool)
         if self.session is not None:
             self.session.served(user_id, hist, [candidates[n] for n in picked], recent,
-                                (policy_scores[picked] - policy_scores.mean()).tolist())
+                                centred_scores(policy_scores, picked, len(picked)))
         return [(candidates[n], float(p)) for n, p in zip(picked, props)]
 
 

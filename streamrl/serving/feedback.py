@@ -191,7 +191,7 @@ class FeedbackModel:
         out = np.zeros(len(candidates))
         ok = rows >= 0
         out[ok] = self.vectors[rows[ok]] @ (D.T @ c)
-        return out * self.weight
+        return self.weight * out
 
     def update(self, transitions: list[dict[str, Any]]) -> int:
         """Learn from ``transitions`` (processor records) in order; returns how many were read.
@@ -424,6 +424,20 @@ class SessionJoin:
         self._last.move_to_end(user_id)
         while len(self._last) > self.max_users:
             self._last.popitem(last=False)
+
+
+def centred_scores(scores: np.ndarray | None, picked: np.ndarray | None, n_served: int) -> list[float] | None:
+    """The policy's ``scores`` of the ``picked`` candidates less the mean over the request's scored
+    candidates, then 0 for the unscored items served after them (``n_served`` in all): the
+    ``scores`` :meth:`SessionJoin.served` takes. None without scores.
+
+    >>> centred_scores(np.array([1.0, 3.0, 5.0]), np.array([2, 0]), 3)
+    [2.0, -2.0, 0.0]
+    """
+    if scores is None or picked is None or not len(scores):
+        return None
+    out = (scores[picked] - scores.mean()).tolist()
+    return out + [0.0] * (n_served - len(out))
 
 
 def joined_views(slates: Iterable) -> list[dict[str, Any] | None]:

@@ -24,6 +24,7 @@ from streamrl.errors import SnapshotRejected, StreamrlError
 from streamrl.producers.snapshot import REJECT_REASONS, Snapshot
 from streamrl.serving.exceptions import BadRankRequest, InvalidCandidates, NotReady
 from streamrl.serving.explore import sample_slate
+from streamrl.serving.feedback import centred_scores
 from streamrl.serving.policy import Policy, build_policy
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class Ranker:
             if join is not None:
                 items = out[n]["items"]
                 join.served(user_id, history, [it["item_id"] for it in items], recent,
-                            _centred(policy_scores.get(n), picked, len(items)))
+                            centred_scores(policy_scores.get(n), picked, len(items)))
         if join is not None:
             self.feedback.send(joined)      # to the layer's learning child (a write every SEND_EVERY_S)
         if self.decisions is not None:
@@ -243,20 +244,6 @@ class Ranker:
             self.store.close()
 
 
-
-
-def _centred(scores: np.ndarray | None, picked: np.ndarray | None, n_served: int) -> list[float] | None:
-    """The policy's ``scores`` of the ``picked`` candidates less the mean over the request's scored
-    candidates, then 0 for the unscored items served after them (``n_served`` in all); None
-    without scores.
-
-    >>> _centred(np.array([1.0, 3.0, 5.0]), np.array([2, 0]), 3)
-    [2.0, -2.0, 0.0]
-    """
-    if scores is None or picked is None or not len(scores):
-        return None
-    out = (scores[picked] - scores.mean()).tolist()
-    return out + [0.0] * (n_served - len(out))
 
 
 def _repeats(rows: np.ndarray, n_rows: int) -> bool:
