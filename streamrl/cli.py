@@ -133,10 +133,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
         if not args.run_dir:
             raise SystemExit("--ranker-url needs --run-dir (where the closed loop records its figures)")
+        if args.concurrency < 1:
+            raise SystemExit("--concurrency must be >= 1")
         stop = threading.Event()
         stop_on_signals(stop.set)
         summary = run_closed_loop(settings, cfg, args.events, args.ranker_url, args.run_dir,
-                                  max_seconds=args.max_seconds, rate=args.rate, stop=stop)
+                                  max_seconds=args.max_seconds, rate=args.rate, stop=stop,
+                                  concurrency=args.concurrency)
     else:
         summary = run_simulate(settings, cfg, args.events, out_path=args.out, catalog_out=args.catalog_out)
     print(json.dumps(summary), flush=True)
@@ -259,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--max-seconds", type=float, default=None, help="closed loop: stop after this many seconds")
     sm.add_argument("--rate", type=float, default=0.0,
                     help="closed loop: most events per second (0: as fast as the ranker serves) [default: 0]")
+    sm.add_argument("--concurrency", type=int, default=8,
+                    help="closed loop: slate requests in flight at once, each on its own connection, as a "
+                         "service's many clients send them (1: one at a time) [default: 8]")
     add_settings_args(sm, KAFKA_FLAGS + ["catalog_path", "max_request_bytes", "serve_token",
                                          "reward_view", "reward_click", "reward_purchase"])
     sm.set_defaults(func=_cmd_simulate)

@@ -47,7 +47,7 @@ class RiverCTRPolicy:
     def _features(self, user_id: str, item_id: str) -> dict[str, float]:
         cat = self.categories.get(item_id, "?")
         recent = self.recent.get(user_id)
-        share = (sum(c == cat for c in recent) / len(recent)) if recent else 0.0
+        share = recent.count(cat) / len(recent) if recent else 0.0
         return {f"cat={cat}": 1.0, "share": share, f"share*cat={cat}": share, f"item={item_id}": 1.0}
 
     def learn_one(self, event: Event) -> None:
@@ -84,8 +84,6 @@ class OraclePolicy:
         self.purchase_weight = purchase_weight
 
     def rank(self, user_id: str, candidates: list[str], k: int, ts: int) -> Ranking:
-        p_click = self.sim.click_probability(user_id, candidates, position=0)
-        p_buy = self.sim.purchase_probability(user_id, candidates)
-        value = [pc * (self.click_weight + self.purchase_weight * pb) for pc, pb in zip(p_click, p_buy)]
+        value = self.sim.expected_reward(user_id, candidates, self.click_weight, self.purchase_weight)
         order = sorted(range(len(candidates)), key=lambda n: (-value[n], n))[:k]
         return [(candidates[n], 1.0) for n in order]

@@ -33,12 +33,13 @@ import math
 import random
 import sys
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
-from streamrl.producers.policies import Policy, make_policy
+from streamrl.producers.policies import Policy, Ranking, make_policy
 from streamrl.producers.vocab import TOPICS, item_text
 from streamrl.schema import Event
 
@@ -135,6 +136,7 @@ class Simulator:
         cfg.validate()
         self._external_policy = policy
         self.policy: Policy = policy or make_policy(cfg.policy, cfg.seed)
+        self._in_flight: dict[int, Future] = {}
         self.topics = TOPICS[:cfg.n_topics]
         self.item_ids = [f"i{n}" for n in range(cfg.n_items)]
         self.user_ids = [f"u{n}" for n in range(cfg.n_users)]
@@ -175,6 +177,8 @@ class Simulator:
         self._patience = [0.0] * n
         self._requests = [0] * n  # requests so far in the current session (0: between sessions)
         self._satisfaction = [0.0] * n
+        self._pending: list[list[int]] = [[] for _ in range(n)]  # each user's scheduled clicks/purchases (ts)
+        self._in_flight = {}
         self.drifts = 0
 
     def catalog_items(self) -> list[dict[str, Any]]:
@@ -219,6 +223,25 @@ class Simulator:
             out.append(0.0 if n is None else self._purchase_chance(n, aff))
         return out
 
+    def expected_reward(self, user_id: str, item_ids: list[str], click_weight: float,
+                        purchase_weight: float) -> list[float]:
+        """Oracle: each item's expected immediate reward shown at the top slot right now,
+        ``P(click) * (click_weight + purchase_weight * P(purchase | click))`` (one pass: the oracle
+        arm asks this for every candidate of every request)."""
+        cfg, index, exp = self.cfg, self._item_index, math.exp
+        theta = self._theta[self._user_index[user_id]]
+        exam = examination(0, cfg.position_bias)
+        out = []
+        for i in item_ids:
+            n = index.get(i)
+            if n is None:
+                out.append(exam / (1.0 + exp(-cfg.click_bias)) * click_weight)
+                continue
+            aff = self._affinity(theta, n)
+            logit = cfg.click_bias + cfg.click_affinity_weight * aff + cfg.click_clickbait_weight * self._bait[n]
+            out.append(exam / (1.0 + exp(-logit)) * (click_weight + purchase_weight * self._purchase_chance(n, aff)))
+        return out
+
     def _purchase_chance(self, n: int, aff: float) -> float:
         cfg = self.cfg
         return cfg.purchase_rate * self._quality[n] * min(1.0, aff * cfg.n_topics / 4.0)
@@ -248,7 +271,9 @@ class Simulator:
         while n < max_events and heap:
             ts, _, kind, payload = heapq.heappop(heap)
             if kind == _EVENT:
-                batch = (payload,)
+                u, ev = payload
+                self._pending[u].remove(ts)
+                batch = (ev,)
             else:
                 while drifts and n >= drifts[0]:
                     drifts.pop(0)
@@ -267,6 +292,37 @@ class Simulator:
         self._seq += 1
         heapq.heappush(heap, (ts, self._seq, kind, payload))
 
+    def _event(self, heap: list, u: int, ev: Event) -> None:
+        self._pending[u].append(ev.ts)
+        self._push(heap, ev.ts, _EVENT, (u, ev))
+
+    def _slate(self, u: int, t: int, heap: list) -> tuple[Ranking, int | None, str | None]:
+        """User ``u``'s slate at ``t`` with the version and request id that served it.
+
+        A policy with ``submit`` (the closed loop's ranking service) is asked for the next
+        ``concurrency`` requests at once, as a service's many clients would: the requests due next on
+        the clock, of users with nothing of their own still due before them (so the session context
+        a request carries is what it would be at its own time), are sent ahead; each is answered
+        when the clock reaches it. The built-in policies rank one request at a time.
+        """
+        cfg, rng = self.cfg, self._rng
+        submit = getattr(self.policy, "submit", None)
+        if submit is None:
+            slate = self.policy.rank(self.user_ids[u], rng.sample(self.item_ids, cfg.n_candidates), cfg.slate_size, t)
+            return slate, self.policy.version, getattr(self.policy, "last_request_id", None)
+        fut = self._in_flight.pop(u, None)
+        if fut is None:
+            fut = submit(self.user_ids[u], rng.sample(self.item_ids, cfg.n_candidates), cfg.slate_size, t)
+        ahead = max(1, int(getattr(self.policy, "concurrency", 1)))
+        if len(self._in_flight) < (ahead + 1) // 2:  # refill in bursts: scanning the heap costs
+            for ts, _, kind, v in heapq.nsmallest(3 * ahead, heap):
+                if len(self._in_flight) >= ahead - 1:
+                    break
+                if kind == _REQUEST and v not in self._in_flight and not any(p < ts for p in self._pending[v]):
+                    self._in_flight[v] = submit(self.user_ids[v], rng.sample(self.item_ids, cfg.n_candidates),
+                                                cfg.slate_size, ts)
+        return fut.result()
+
     def _request(self, u: int, t: int, heap: list) -> list[Event]:
         """Serve user ``u`` a slate at ``t``: return its views, schedule clicks and what comes next."""
         cfg, rng = self.cfg, self._rng
@@ -275,10 +331,9 @@ class Simulator:
             self._satisfaction[u] = 0.0
         self._requests[u] += 1
         uid = self.user_ids[u]
-        slate = self.policy.rank(uid, rng.sample(self.item_ids, cfg.n_candidates), cfg.slate_size, t)
-        version = self.policy.version
+        slate, version, rid = self._slate(u, t, heap)
         # a ranking service names its requests (so decisions join to views); built-ins do not
-        rid = getattr(self.policy, "last_request_id", None) or f"s{cfg.seed}-q{self._n_requests}"
+        rid = rid or f"s{cfg.seed}-q{self._n_requests}"
         self._n_requests += 1
         views, dwell_ms = [], 0
         for pos, (iid, prop) in enumerate(slate):
@@ -308,15 +363,14 @@ class Simulator:
         cfg, rng = self.cfg, self._rng
         uid, iid, quality = self.user_ids[u], self.item_ids[n], self._quality[n]
         click_ts = t + 1000 + 400 * pos + int(rng.expovariate(1 / 3000.0))
-        self._push(heap, click_ts, _EVENT, Event("", "click", uid, iid, click_ts, rid, pos))
+        self._event(heap, u, Event("", "click", uid, iid, click_ts, rid, pos))
         satisfaction = 2.0 * (quality - cfg.quality_threshold)
         self._satisfaction[u] += satisfaction
         self._patience[u] += cfg.satisfaction_gain * satisfaction
         rate = cfg.interest_rate
         if rng.random() < self._purchase_chance(n, aff):
             buy_ts = click_ts + 20_000 + int(rng.expovariate(1 / 90_000.0))
-            self._push(heap, buy_ts, _EVENT,
-                       Event("", "purchase", uid, iid, buy_ts, rid, pos, value=self._price[n]))
+            self._event(heap, u, Event("", "purchase", uid, iid, buy_ts, rid, pos, value=self._price[n]))
             self._patience[u] += 1.0
             rate *= 2
         self._pull_interest(u, n, rate)

@@ -241,3 +241,69 @@ def test_run_simulate_to_broker_events_readable(settings, tmp_path):
     assert sorted(e.event_id for e in got) == sorted(e.event_id for e in expected)
     counts = collections.Counter(e.type for e in got)
     assert dict(counts) == {k: v for k, v in summary["by_type"].items() if v}
+
+
+class _Service:
+    """A ranking service with several requests in flight (``submit``), answered from a thread
+    pool; it records what it knew of each user when each request was sent."""
+
+    version = 5
+
+    def __init__(self, concurrency: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.concurrency = concurrency
+        self.pool = ThreadPoolExecutor(concurrency)
+        self.seen = collections.defaultdict(list)   # user -> engagement timestamps, as emitted
+        self.sent: dict[str, tuple[str, int, int]] = {}  # request id -> (user, ts, engagements known)
+        self.answered: set[str] = set()
+        self.most_in_flight = 0
+
+    def learn_one(self, ev):
+        if ev.type == "view":
+            self.answered.add(ev.request_id)
+        else:
+            self.seen[ev.user_id].append(ev.ts)
+
+    def submit(self, user_id, candidates, k, ts):
+        rid = f"r{len(self.sent)}"
+        self.sent[rid] = (user_id, ts, len(self.seen[user_id]))
+        self.most_in_flight = max(self.most_in_flight, len(self.sent) - len(self.answered))
+        slate = [(c, 1.0 / len(candidates)) for c in sorted(candidates)[:k]]
+        return self.pool.submit(lambda: (slate, self.version, rid))
+
+
+def test_requests_sent_ahead_carry_what_their_time_would_know():
+    service = _Service(concurrency=6)
+    sim = Simulator(SimConfig(seed=4, n_users=200, n_items=300, n_candidates=40), policy=service)
+    events = list(sim.events(30_000))
+    assert [e.ts for e in events] == sorted(e.ts for e in events)
+    assert service.most_in_flight >= 4          # requests really were in flight together
+    engaged = collections.defaultdict(list)
+    for e in events:
+        if e.type != "view":
+            engaged[e.user_id].append(e.ts)
+    views = [e for e in events if e.type == "view"]
+    assert {(e.policy_version, e.propensity) for e in views} == {(5, 1.0 / 40)}
+    for e in views:                             # each slate went to the user and time it was asked for
+        user, ts, known = service.sent[e.request_id]
+        assert (e.user_id, e.ts) == (user, ts)
+        # every engagement of the user before the request had been emitted when it was sent
+        assert known >= sum(1 for t in engaged[user] if t < ts)
+
+
+def test_one_request_in_flight_is_the_sequential_stream():
+    service = _Service(concurrency=1)
+    cfg = SimConfig(seed=4, n_users=200, n_items=300, n_candidates=40)
+    sequential = Simulator(cfg, policy=service)
+    ahead = [(e.type, e.user_id, e.item_id, e.ts) for e in sequential.events(5_000)]
+    assert service.most_in_flight == 1
+
+    class Plain:
+        version = 5
+
+        def rank(self, user_id, candidates, k, ts):
+            return [(c, 1.0 / len(candidates)) for c in sorted(candidates)[:k]]
+
+    plain = [(e.type, e.user_id, e.item_id, e.ts) for e in Simulator(cfg, policy=Plain()).events(5_000)]
+    assert ahead == plain

@@ -17,23 +17,30 @@ from streamrl.kafka import free_port
 from streamrl.serving.snapdir import save_snapshot
 
 
-def test_serve_command_answers_rank_and_stops_on_sigterm(tmp_path):
+def _serve(tmp_path, port: int) -> subprocess.Popen:
+    """`streamrl serve` on ``port`` with snapshot version 3 loaded (token ``tok``), once ready."""
     save_snapshot(tmp_path / "snaps", make_snapshot(3))
-    port = free_port()
     env = {**os.environ, "STREAMRL_BOOTSTRAP_SERVERS": "", "STREAMRL_SNAPSHOT_DIR": str(tmp_path / "snaps"),
            "STREAMRL_STATE_STORE": f"sqlite:///{tmp_path}/state.db", "STREAMRL_SERVE_PORT": str(port),
            "STREAMRL_SERVE_TOKEN": "tok", "STREAMRL_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "streamrl.cli", "serve"], env=env)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                assert json.loads(r.read())["policy_version"] == 3
+                return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError("server did not become ready")
+            time.sleep(0.2)
+
+
+def test_serve_command_answers_rank_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    proc = _serve(tmp_path, port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    assert json.loads(r.read())["policy_version"] == 3
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
-                time.sleep(0.2)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/rank", method="POST",
                                      data=json.dumps({"user_id": "u", "candidates": ["i1", "i2"], "k": 2}).encode(),
                                      headers={"Content-Type": "application/json", "Authorization": "Bearer tok"})
@@ -44,3 +51,31 @@ def test_serve_command_answers_rank_and_stops_on_sigterm(tmp_path):
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the captured SIGTERM
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_closed_loop_client_keeps_requests_in_flight_and_falls_back_when_the_ranker_goes(tmp_path):
+    from streamrl.producers.closed_loop import RankerWithFallback
+
+    port = free_port()
+    proc = _serve(tmp_path, port)
+    client = RankerWithFallback(f"http://127.0.0.1:{port}", token="tok", concurrency=4)
+    try:
+        candidates = [f"i{k}" for k in range(8)]
+        futures = [client.submit(f"u{n}", candidates, 3, ts=n) for n in range(12)]
+        answers = [f.result(timeout=30) for f in futures]
+        assert client.live and client.failures == 0
+        assert {version for _, version, _ in answers} == {3}
+        assert len({rid for _, _, rid in answers}) == 12            # each request named by the ranker
+        assert all(len(slate) == 3 and {i for i, _ in slate} <= set(candidates) for slate, _, _ in answers)
+        assert set(client.served_at) == {3} and len(client._clients) > 2  # several connections were used
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    try:
+        slate, version, rid = client.submit("u0", candidates, 3, ts=99).result(timeout=30)
+        assert (version, rid) == (None, None) and len(slate) == 3      # a random slate, exact propensity 1/n
+        assert {p for _, p in slate} == {1 / 8}
+        assert client.failures == 1 and not client.live
+        assert client.submit("u1", candidates, 3, ts=100).result(timeout=30)[1] is None
+    finally:
+        client.close()
