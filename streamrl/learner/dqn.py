@@ -7,6 +7,7 @@ to rank the next engaged item (rewarded actions) above sampled negatives (Xin et
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,6 +52,19 @@ def dqn_update(online: QNetwork, target: QNetwork, opt: torch.optim.Optimizer, s
     cands = pool[torch.randint(0, len(pool), (cfg.next_candidates,), generator=gen)].to(device)
     negs = pool[torch.randint(0, len(pool), (cfg.sup_negatives,), generator=gen)].to(device)
 
+    # a small catalog: every item's vector once per network and step (a large one: per call, its unique items)
+    touched = b.state.numel() + b.next_state.numel() + 2 * len(b.action) + len(cands) + len(negs)
+    with contextlib.ExitStack() as once:
+        if online.n_items <= touched:
+            once.enter_context(online.every_item_once())
+            with torch.no_grad():
+                once.enter_context(target.every_item_once())
+        return _step(online, target, opt, source, cfg, step, b, cands, negs)
+
+
+def _step(online: QNetwork, target: QNetwork, opt: torch.optim.Optimizer, source: BatchSource,
+          cfg: LearnerConfig, step: int, b: Batch, cands: torch.Tensor, negs: torch.Tensor) -> UpdateResult:
+    device = online.start.device
     # 2. TD target (Double DQN) without gradients
     with torch.no_grad():
         best = online.q_cands(online.encode(b.next_state), cands).argmax(dim=1)

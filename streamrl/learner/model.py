@@ -16,8 +16,10 @@ The id table grows in place (:meth:`QNetwork.grow`) when new catalog items appea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -65,6 +67,7 @@ class QNetwork(nn.Module):
         nn.init.normal_(self.text_proj.weight, std=cfg.text_dim ** -0.5)
         # frozen text embeddings live outside the parameters (and outside snapshots)
         self.register_buffer("text", torch.zeros(cfg.n_items, cfg.text_dim), persistent=False)
+        self._table: torch.Tensor | None = None   # every item's g(a), within every_item_once()
 
     @property
     def n_items(self) -> int:
@@ -73,11 +76,25 @@ class QNetwork(nn.Module):
     # --- towers ----------------------------------------------------------------------------
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """g(a) for item indices ``items`` (any shape), or for every item when None."""
+        if self._table is not None:
+            return self._table if items is None else self._table[items]
         if items is None:
             return self.item_id.weight + self.text_proj(self.text[:self.n_items])
         uniq, inv = torch.unique(items.reshape(-1), return_inverse=True)  # project each item once
         g = self.item_id(uniq) + self.text_proj(self.text[uniq])
         return g[inv].view(*items.shape, -1)
+
+    @contextlib.contextmanager
+    def every_item_once(self) -> Iterator[None]:
+        """Within the block, g(a) of every item is computed once and looked up (under the grad
+        mode the block is entered in). A training step on a small catalog touches most of its
+        items several times over (states, next states, actions, candidates): one projection of
+        the whole table is cheaper than projecting each call's unique items."""
+        self._table = self.item_vectors()
+        try:
+            yield
+        finally:
+            self._table = None
 
     def item_bias_of(self, items: torch.Tensor | None = None) -> torch.Tensor:
         return self.item_bias.weight.squeeze(-1) if items is None else self.item_bias(items).squeeze(-1)

@@ -75,6 +75,39 @@ def test_update_lowers_loss_and_applies_step():
     assert lr.buffer.max_priority >= 1.0
 
 
+@pytest.mark.parametrize("encoder", ["mean", "gru"])
+def test_a_step_on_the_whole_item_table_equals_the_per_call_step(encoder, monkeypatch):
+    """A small catalog's step projects every item once (every_item_once); the loss, the gradients
+    and so the step are those of projecting each call's items (a large catalog's path)."""
+    import contextlib
+    import copy
+
+    from streamrl.learner.model import QNetwork
+
+    torch.manual_seed(0)
+    lr = learner(encoder=encoder)
+    batch, pool = lr.buffer.sample(256), lr.buffer.item_pool()   # touches more rows than the table has
+    whole = QNetwork.every_item_once
+    used = []
+
+    def counted(self):
+        used.append(self)
+        return whole(self)
+
+    out = []
+    for once in (counted, lambda self: contextlib.nullcontext()):
+        monkeypatch.setattr(QNetwork, "every_item_once", once)
+        online, target = copy.deepcopy(lr.online), copy.deepcopy(lr.target)
+        opt = torch.optim.Adam(online.parameters(), lr=1e-3)
+        res = dqn_update(online, target, opt, Source(batch, pool), lr.cfg, 1, torch.Generator().manual_seed(3))
+        assert res.skipped is None and online._table is None and target._table is None
+        out.append((res, _params(online)))
+    assert len(used) == 2                  # the small catalog took the whole-table path, both networks
+    (a, pa), (b, pb) = out
+    assert math.isclose(a.loss, b.loss, rel_tol=1e-5) and math.isclose(a.grad_norm, b.grad_norm, rel_tol=1e-4)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(pa, pb))
+
+
 @pytest.mark.parametrize("poison,reason", [("nan_reward", "non_finite_loss"), ("inf_reward", "non_finite_loss"),
                                            ("huge_gradient", "exploding_gradient")])
 def test_guard_skips_bad_steps_without_touching_weights(poison, reason):
