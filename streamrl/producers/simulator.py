@@ -210,7 +210,7 @@ class Simulator:
         for i, aff in zip(item_ids, self.true_affinity(user_id, item_ids)):
             n = self._item_index.get(i)
             bait = 0.0 if n is None else self._bait[n]
-            logit = cfg.click_bias + cfg.click_affinity_weight * aff + cfg.click_clickbait_weight * bait
+            logit = self._click_logit(aff, bait)
             out.append(exam / (1.0 + math.exp(-logit)))
         return out
 
@@ -238,9 +238,14 @@ class Simulator:
                 out.append(exam / (1.0 + exp(-cfg.click_bias)) * click_weight)
                 continue
             aff = self._affinity(theta, n)
-            logit = cfg.click_bias + cfg.click_affinity_weight * aff + cfg.click_clickbait_weight * self._bait[n]
+            logit = self._click_logit(aff, self._bait[n])
             out.append(exam / (1.0 + exp(-logit)) * (click_weight + purchase_weight * self._purchase_chance(n, aff)))
         return out
+
+    def _click_logit(self, aff: float, bait: float) -> float:
+        """Click logit of an examined item with affinity ``aff`` and clickbait score ``bait``."""
+        cfg = self.cfg
+        return cfg.click_bias + cfg.click_affinity_weight * aff + cfg.click_clickbait_weight * bait
 
     def _purchase_chance(self, n: int, aff: float) -> float:
         cfg = self.cfg
@@ -343,7 +348,7 @@ class Simulator:
                 continue
             theta = self._theta[u]
             aff = self._affinity(theta, n)
-            logit = cfg.click_bias + cfg.click_affinity_weight * aff + cfg.click_clickbait_weight * self._bait[n]
+            logit = self._click_logit(aff, self._bait[n])
             if rng.random() * (1.0 + math.exp(-logit)) >= 1.0:
                 continue
             dwell_ms += self._click(u, n, aff, t, rid, pos, heap)
