@@ -74,7 +74,7 @@ class RankerWithFallback:
         self.session_ms, self.recent_len = session_ms, recent_len
         self.recent: dict[str, list[tuple[int, str]]] = {}
         self.url, self.token = url, token
-        self.http = HttpRankerPolicy(url, token=token, timeout_s=2.0, retries=1)  # /readyz, and /rank one at a time
+        self.http = self._connect()            # /readyz, and /rank one at a time
         self.concurrency = concurrency
         self._clients: list[HttpRankerPolicy] = [self.http]
         self._local = threading.local()
@@ -108,6 +108,9 @@ class RankerWithFallback:
         items = self.recent.get(user_id)
         return [i for t, i in items if t >= ts - self.session_ms] or None if items else None
 
+    def _connect(self) -> HttpRankerPolicy:
+        return HttpRankerPolicy(self.url, token=self.token, timeout_s=2.0, retries=1)
+
     def _random(self, user_id: str, candidates: list[str], k: int, ts: int) -> Served:
         with self._lock:
             return self.fallback.rank(user_id, candidates, k, ts), None, None
@@ -115,7 +118,7 @@ class RankerWithFallback:
     def _client(self) -> HttpRankerPolicy:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = HttpRankerPolicy(self.url, token=self.token, timeout_s=2.0, retries=1)
+            client = self._local.client = self._connect()
             with self._lock:
                 self._clients.append(client)
         return client

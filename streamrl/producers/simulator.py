@@ -136,7 +136,6 @@ class Simulator:
         cfg.validate()
         self._external_policy = policy
         self.policy: Policy = policy or make_policy(cfg.policy, cfg.seed)
-        self._in_flight: dict[int, Future] = {}
         self.topics = TOPICS[:cfg.n_topics]
         self.item_ids = [f"i{n}" for n in range(cfg.n_items)]
         self.user_ids = [f"u{n}" for n in range(cfg.n_users)]
@@ -178,7 +177,7 @@ class Simulator:
         self._requests = [0] * n  # requests so far in the current session (0: between sessions)
         self._satisfaction = [0.0] * n
         self._pending: list[list[int]] = [[] for _ in range(n)]  # each user's scheduled clicks/purchases (ts)
-        self._in_flight = {}
+        self._in_flight: dict[int, Future] = {}   # user -> their next request, sent ahead (submit)
         self.drifts = 0
 
     def catalog_items(self) -> list[dict[str, Any]]:
@@ -310,22 +309,19 @@ class Simulator:
         a request carries is what it would be at its own time), are sent ahead; each is answered
         when the clock reaches it. The built-in policies rank one request at a time.
         """
-        cfg, rng = self.cfg, self._rng
-        submit = getattr(self.policy, "submit", None)
+        cfg, policy = self.cfg, self.policy
+        submit = getattr(policy, "submit", None)
+        args = lambda v, ts: (self.user_ids[v], self._rng.sample(self.item_ids, cfg.n_candidates), cfg.slate_size, ts)
         if submit is None:
-            slate = self.policy.rank(self.user_ids[u], rng.sample(self.item_ids, cfg.n_candidates), cfg.slate_size, t)
-            return slate, self.policy.version, getattr(self.policy, "last_request_id", None)
-        fut = self._in_flight.pop(u, None)
-        if fut is None:
-            fut = submit(self.user_ids[u], rng.sample(self.item_ids, cfg.n_candidates), cfg.slate_size, t)
-        ahead = max(1, int(getattr(self.policy, "concurrency", 1)))
+            return policy.rank(*args(u, t)), policy.version, getattr(policy, "last_request_id", None)
+        fut = self._in_flight.pop(u, None) or submit(*args(u, t))
+        ahead = max(1, int(getattr(policy, "concurrency", 1)))
         if len(self._in_flight) < (ahead + 1) // 2:  # refill in bursts: scanning the heap costs
             for ts, _, kind, v in heapq.nsmallest(3 * ahead, heap):
                 if len(self._in_flight) >= ahead - 1:
                     break
                 if kind == _REQUEST and v not in self._in_flight and not any(p < ts for p in self._pending[v]):
-                    self._in_flight[v] = submit(self.user_ids[v], rng.sample(self.item_ids, cfg.n_candidates),
-                                                cfg.slate_size, ts)
+                    self._in_flight[v] = submit(*args(v, ts))
         return fut.result()
 
     def _request(self, u: int, t: int, heap: list) -> list[Event]:
