@@ -41,7 +41,7 @@ from streamrl.catalog import ItemEmbeddings, TextEmbedder, item_text
 from streamrl.config import Settings
 from streamrl.consumers.state import JoinRules, UserState
 from streamrl.demo import DEMO_LEARNER, DEMO_SETTINGS, drift_recovery
-from streamrl.learner.config import LearnerConfig
+from streamrl.learner.config import add_learner_args, config_from_args
 from streamrl.learner.vocab import PAD
 from streamrl.learner.worker import Learner
 from streamrl.producers.closed_loop import arm_policy
@@ -53,15 +53,6 @@ from streamrl.serving.feedback import FeedbackModel, SessionJoin, centred_scores
 
 #: The feed client's session context, as the demo's (RankerWithFallback): last 10 engagements, 6 simulated hours.
 SESSION_LEN, SESSION_MS = 10, 6 * 3600 * 1000
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 class InProcessLearned:
@@ -209,8 +200,11 @@ def main() -> None:
     learner_args = dict(DEMO_LEARNER)
     for kv in args.set:
         key, _, val = kv.partition("=")
-        learner_args[key.strip().lstrip("-")] = _value(val.strip())
-    cfg = LearnerConfig.from_dict({k.replace("-", "_"): v for k, v in learner_args.items()})
+        learner_args[key.strip().lstrip("-").replace("_", "-")] = val.strip()
+    # the learner's own flags parse the values (``--set prioritized=false`` is False, a misspelt key an error)
+    flags = argparse.ArgumentParser(prog="bench/learning.py --set", add_help=False)
+    add_learner_args(flags)
+    cfg = config_from_args(flags.parse_args([a for k, v in learner_args.items() for a in (f"--{k}", str(v))]))
     settings = Settings.from_env().replace(**DEMO_SETTINGS)
     for name, val in (("serve_exploration", args.exploration), ("serve_epsilon", args.epsilon),
                       ("serve_temperature", args.temperature), ("serve_feedback_weight", args.feedback_weight),

@@ -198,4 +198,9 @@ def config_from_args(args: argparse.Namespace) -> LearnerConfig:
 
 
 def _bool(s: str) -> bool:
-    return s.strip().lower() in ("1", "true", "yes", "on")
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {s!r} (true/false, yes/no, on/off, 1/0)")

@@ -410,3 +410,21 @@ def test_gate_against_popularity_in_a_closed_loop():
     assert lr.maybe_publish(pub) is None
     with pytest.raises(ValueError, match="gate_baseline"):
         LearnerConfig(gate_baseline="nope").validate()
+
+
+def test_learner_flags_parse_booleans_strictly_and_refuse_unknown_names():
+    """``--prioritized false`` is False (a non-empty string is truthy: it once meant True), a
+    misspelt boolean or flag is an error, not silently the default (bench/learning.py --set too)."""
+    import argparse
+
+    from streamrl.learner.config import add_learner_args, config_from_args
+
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    add_learner_args(parser)
+    assert config_from_args(parser.parse_args(["--prioritized", "false"])).prioritized is False
+    assert config_from_args(parser.parse_args(["--prioritized", "On"])).prioritized is True
+    assert config_from_args(parser.parse_args([])).prioritized is LearnerConfig().prioritized
+    with pytest.raises(argparse.ArgumentError, match="not a boolean"):
+        parser.parse_args(["--prioritized", "flase"])
+    with pytest.raises(SystemExit):   # argparse reports unknown flags itself (exit 2)
+        parser.parse_args(["--prioritised", "false"])
