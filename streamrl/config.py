@@ -53,6 +53,12 @@ class Settings:
     producer_linger_ms: int = _opt(25, "Producer linger (batching delay), ms. 25 rather than 5: at the demo's "
                                        "~3.5k events/s a batch per 25 ms cut the embedded broker's CPU per event by "
                                        "~40% and the closed loop ran ~14% more events; freshness is seconds anyway.")
+    stop_timeout_s: float = _opt(10.0, "Longest a stopping process waits on the broker: an event producer (simulate, "
+                                       "replay) for its queued events, the processor for its last transitions and "
+                                       "offset commit. What is undelivered then is reported (the process exits with an "
+                                       "error; the processor leaves its state uncommitted, so a restart redoes it) "
+                                       "instead of blocking the stop for the client's 30 s request and 2-minute "
+                                       "delivery timeouts when the broker is gone.")
     max_request_bytes: int = _opt(16 * 1024 * 1024, "Largest message a producer sends (DLQ copies of oversize input, snapshot chunks).")
 
     # --- State store -------------------------------------------------------------------------

@@ -38,17 +38,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from streamrl.config import Settings
 from streamrl.errors import StreamrlError
-from streamrl.kafka import EmbeddedBroker, ensure_topics, free_port, read_all
+from streamrl.kafka import EmbeddedBroker, ensure_topics, free_port, read_all, signal_on_parent_death
 from streamrl.producers.closed_loop import BASELINE_ARMS, CURVES, PRODUCED, SERVED, read_status
 from streamrl.producers.simulator import SimConfig
 from streamrl.schema import decode_transitions
@@ -311,8 +312,18 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
 
 # --- processes -------------------------------------------------------------------------------
 
+def _child_setup(nice: int) -> None:  # runs in a child between fork and exec
+    # a demo that dies without stopping its processes (kill -9, an OOM kill) still stops them: each
+    # gets the SIGTERM that Children.stop would have sent (else the simulator and the processor
+    # ran on, retrying the broker that died with the demo)
+    signal_on_parent_death(signal.SIGTERM)
+    if nice:
+        os.nice(nice)
+
+
 class Children:
-    """The demo's processes: started with their own log, stopped with SIGTERM (then SIGKILL)."""
+    """The demo's processes: started with their own log, stopped with SIGTERM (then SIGKILL),
+    and sent SIGTERM by the kernel if the demo dies first."""
 
     def __init__(self, run_dir: Path, env: dict[str, str]) -> None:
         self.run_dir, self.env = run_dir, env
@@ -322,8 +333,7 @@ class Children:
               nice: int = 0) -> subprocess.Popen:
         with open(self.run_dir / f"{role}.log", "w") as logf:
             p = subprocess.Popen([sys.executable, "-m", "streamrl.cli", *args], env={**self.env, **(extra_env or {})},
-                                 stdout=logf, stderr=subprocess.STDOUT,
-                                 preexec_fn=(lambda: os.nice(nice)) if nice else None)
+                                 stdout=logf, stderr=subprocess.STDOUT, preexec_fn=lambda: _child_setup(nice))
         self.procs[role] = p
         return p
 
@@ -405,6 +415,21 @@ def loop_duration(demo: DemoConfig, up_s: float) -> float:
     return max(MIN_LOOP_S, demo.wall_budget_s - demo.finish_reserve_s - up_s)
 
 
+def _stop_on_sigterm() -> Callable[[], None]:
+    """SIGTERM (``kill``, a supervisor, ``timeout``) stops the run as Ctrl-C does: every process
+    stopped, the summary of what ran written. Returns what restores the previous handler. Only
+    the main thread can take signals; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # once: the stopping itself is not cut short
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig | None = None,
              explicit: set[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """The whole run; returns the summary (also ``run_dir/summary.json``, ``report.md``, ``reward.png``)."""
@@ -424,6 +449,18 @@ def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig
         broker = EmbeddedBroker().start()
         settings = settings.replace(bootstrap_servers=broker.bootstrap_servers)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    restore = _stop_on_sigterm()
+    try:
+        return _run(settings, cfg, run_dir, demo, say, started)
+    finally:
+        restore()
+        if broker is not None:
+            broker.stop()
+
+
+def _run(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig, say: Callable[[str], None],
+         started: float) -> dict[str, Any]:
+    """Start the pipeline, run the closed loop and the baselines, stop them all, then the figures."""
     children = None
     interrupted = False
     cpu: dict[str, float] = {}
@@ -480,12 +517,7 @@ def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig
             say("[demo] CPU seconds by process: " + ", ".join(f"{r} {c:.0f}" for r, c in cpu.items()))
             children.stop(["simulator", "baselines"])
             children.stop()
-    try:
-        summary = _figures(settings, cfg, run_dir, time.monotonic() - started, interrupted)
-    finally:
-        if broker is not None:
-            broker.stop()
-    return summary
+    return _figures(settings, cfg, run_dir, time.monotonic() - started, interrupted)
 
 
 def start_pipeline(settings: Settings, run_dir: Path, learner_args: dict[str, Any],

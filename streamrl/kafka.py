@@ -154,12 +154,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()
+def signal_on_parent_death(sig: int) -> None:
+    """Have the kernel send this process ``sig`` when its parent dies, even by ``kill -9``
+    (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing). Call it in a child between fork and exec;
+    the parent is the thread that started the child, so start children from the main thread."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    signal_on_parent_death(signal.SIGKILL)
 
 
 class EmbeddedBroker:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +87,71 @@ def test_demo_refuses_a_run_directory_that_holds_a_previous_run(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "holds a previous run (learner)" in out.stderr and "new --run-dir" in out.stderr
+
+
+def _descendants(pid: int) -> set[int]:
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
+        tree.update(kids)
+        todo.extend(kids)
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigkill"])
+def test_stopping_the_demo_stops_every_process(how, settings, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) and SIGTERM (kill, a supervisor) stop the
+    run as its end does: every process stopped, the summary of what ran written. A demo killed
+    outright (SIGKILL, no clean-up of its own) still takes its processes with it."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "STREAMRL_CACHE_DIR": settings.cache_dir, "STREAMRL_METRICS_PORT": "-2"}
+    cmd = [sys.executable, "-m", "streamrl.cli", "demo", "--json", "--quiet", "--events", "1000000",
+           "--duration", "120", "--users", "120", "--rate", "1500", "--arms", "random",
+           "--run-dir", str(run_dir), "--bootstrap-servers", settings.bootstrap_servers,
+           "--topic-prefix", settings.topic_prefix]
+    demo = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while not (run_dir / "simulator.log").exists():   # the closed loop has started
+            assert demo.poll() is None, demo.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the closed loop never started"
+            time.sleep(0.5)
+        time.sleep(3)
+        procs = _descendants(demo.pid)
+        assert len(procs) >= 5   # processor, learner, ranker, baselines, simulator (and theirs)
+        if how == "ctrl-c":
+            os.killpg(demo.pid, signal.SIGINT)
+        else:
+            demo.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        out, err = demo.communicate(timeout=90)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    if how == "sigkill":
+        assert demo.returncode == -signal.SIGKILL
+    else:
+        assert demo.returncode == 0, err[-3000:]
+        summary = json.loads(out)
+        assert summary["interrupted"] is True
+        assert json.loads((run_dir / "summary.json").read_text())["interrupted"] is True
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {p: Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:120] for p in procs if _alive(p)}
+    assert not left, f"processes left running after {how}: {left}"

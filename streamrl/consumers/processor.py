@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from streamrl import metrics as m
 from streamrl.catalog import ItemEmbeddings, TextEmbedder, load_catalog
@@ -165,11 +165,16 @@ class EventProcessor:
         return self.summary
 
     def close(self) -> None:
+        wait_ms = int(self.s.stop_timeout_s * 1000)
         try:
-            self.consumer.close(autocommit=False)
+            self.consumer.close(autocommit=False, timeout_ms=wait_ms)
         finally:
-            self.producer.close(timeout=10)
-            self.store.close()
+            try:
+                self.producer.close(timeout=self.s.stop_timeout_s)
+            except KafkaError as e:   # records still queued (a broker gone): the state was not committed past them
+                log.warning("producer closed with records unacknowledged: %s", e)
+            finally:
+                self.store.close()
 
     # --- applying records -----------------------------------------------------------------------
     def _apply_batch(self, batch, now: float) -> None:
@@ -286,7 +291,8 @@ class EventProcessor:
         """Make state, transitions and offsets durable, in the order of the module docstring.
 
         ``in_rebalance``: called from the rebalance listener, which runs on the consumer's IO
-        thread, so the Kafka commit must not block there.
+        thread, so the Kafka commit must not block there. Once a stop is asked for, each wait on
+        the broker lasts at most ``stop_timeout_s``.
         """
         parts = self.parts if partitions is None else {p: self.parts[p] for p in partitions if p in self.parts}
         if not parts:
@@ -333,7 +339,7 @@ class EventProcessor:
                 if in_rebalance:
                     self.consumer.commit_async(offsets)
                 else:
-                    self.consumer.commit(offsets)
+                    self.consumer.commit(offsets, timeout_ms=int(self.s.stop_timeout_s * 1000) if self._stopping else None)
             except KafkaError as e:  # the store holds the truth; a failed Kafka commit only delays lag tooling
                 log.warning("Kafka offset commit failed (store is authoritative): %s", e)
         self.summary.checkpoints += 1
@@ -344,8 +350,20 @@ class EventProcessor:
 
     def _await_sends(self) -> None:
         """Wait until the broker has every produced record; a failed send stops the processor
-        before its state is committed, so a restart re-produces it (nothing is lost)."""
-        self.producer.flush()
+        before its state is committed, so a restart re-produces it (nothing is lost). The wait
+        ends with the producer's delivery timeout, or ``stop_timeout_s`` after a stop was asked
+        for (the broker may be what is going away)."""
+        stop_by = None
+        while True:
+            try:
+                self.producer.flush(timeout=1.0)
+                break
+            except KafkaTimeoutError as e:
+                if self._stopping:
+                    stop_by = stop_by or time.monotonic() + self.s.stop_timeout_s
+                    if time.monotonic() >= stop_by:
+                        raise DeliveryFailed(f"produced records not acknowledged {self.s.stop_timeout_s:g}s "
+                                             "after the stop was asked for") from e
         sends, self._sends = self._sends, []
         for f in sends:
             try:

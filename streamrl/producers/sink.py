@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+from kafka.errors import KafkaTimeoutError
+
 from streamrl import metrics
 from streamrl.config import Settings
 from streamrl.errors import BrokerError
@@ -25,6 +27,7 @@ class EventSink:
 
     def __init__(self, settings: Settings, producer: Any = None) -> None:
         self.topics = settings.event_topics
+        self.close_timeout_s = settings.stop_timeout_s
         self._own_producer = producer is None
         if producer is None:
             from streamrl.kafka import make_producer
@@ -51,17 +54,29 @@ class EventSink:
             log.error("event delivery failed: %s", exc)
 
     def flush(self, timeout_s: float | None = None) -> None:
-        """Wait until every queued event is acknowledged; raise if any delivery failed."""
-        self.producer.flush(timeout=timeout_s)
+        """Wait until every queued event is acknowledged (at most ``timeout_s``; None: until each is
+        delivered or expired by the producer's delivery timeout); raise if any delivery failed or
+        events are still queued when the time is up."""
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except KafkaTimeoutError:
+            raise BrokerError(f"events still queued after {timeout_s:g}s were not delivered "
+                              f"({self.failed} failed before): is the broker reachable?") from None
         if self._first_error is not None:
             raise BrokerError(f"{self.failed} events not delivered: {self._first_error}")
 
     def close(self) -> None:
+        """Flush (at most the ``stop_timeout_s`` setting), then close the producer it built."""
+        timed_out = True
         try:
-            self.flush()
+            self.flush(self.close_timeout_s)
+            timed_out = False
         finally:
             if self._own_producer:
-                self.producer.close()
+                try:
+                    self.producer.close(timeout=0 if timed_out else None)
+                except KafkaTimeoutError:   # close(0) flushes first and raises while records are
+                    pass                    # queued; its sender is a daemon thread and goes with the process
 
     def __enter__(self) -> "EventSink":
         return self

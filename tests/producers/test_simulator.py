@@ -307,3 +307,29 @@ def test_one_request_in_flight_is_the_sequential_stream():
 
     plain = [(e.type, e.user_id, e.item_id, e.ts) for e in Simulator(cfg, policy=Plain()).events(5_000)]
     assert ahead == plain
+
+
+def test_event_sink_close_does_not_wait_minutes_for_a_broker_that_is_gone(tmp_path):
+    """A producer stopping after its broker died (the demo's broker dies with the demo) reports
+    the undelivered events after ``stop_timeout_s`` instead of blocking the stop for
+    the producer's 2-minute delivery timeout."""
+    from streamrl.config import Settings
+    from streamrl.errors import BrokerError
+    from streamrl.kafka import EmbeddedBroker, ensure_topics
+    from streamrl.producers.sink import EventSink
+    from streamrl.schema import Event
+
+    broker = EmbeddedBroker().start()
+    try:
+        s = Settings.from_env(bootstrap_servers=broker.bootstrap_servers, topic_prefix="gone.",
+                              stop_timeout_s=1.0)
+        ensure_topics(s)
+        sink = EventSink(s)
+        sink.send(Event("e0", "view", "u1", "i1", 1))
+        sink.flush(30)                                   # delivered while the broker is up
+        assert sink.counts["view"] == 1
+    finally:
+        broker.stop()
+    sink.send(Event("e1", "view", "u1", "i2", 2))
+    with pytest.raises(BrokerError, match="still queued after 1s were not delivered"):
+        sink.close()
