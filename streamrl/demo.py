@@ -415,19 +415,21 @@ def loop_duration(demo: DemoConfig, up_s: float) -> float:
     return max(MIN_LOOP_S, demo.wall_budget_s - demo.finish_reserve_s - up_s)
 
 
-def _stop_on_sigterm() -> Callable[[], None]:
-    """SIGTERM (``kill``, a supervisor, ``timeout``) stops the run as Ctrl-C does: every process
-    stopped, the summary of what ran written. Returns what restores the previous handler. Only
-    the main thread can take signals; elsewhere nothing changes."""
+def _stop_on_signals() -> Callable[[], None]:
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, a supervisor, ``timeout``) stop the run: every
+    process stopped, the summary of what ran written. SIGINT is handled even where it was
+    inherited ignored (a shell's background job), as the children handle it. A second signal
+    cuts the stopping short; the children still stop, sent SIGTERM by the kernel when the demo
+    exits. Returns what restores the previous handlers. Only the main thread can take signals;
+    elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def interrupt(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # once: the stopping itself is not cut short
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
 
 def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig | None = None,
@@ -449,7 +451,7 @@ def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig
         broker = EmbeddedBroker().start()
         settings = settings.replace(bootstrap_servers=broker.bootstrap_servers)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
-    restore = _stop_on_sigterm()
+    restore = _stop_on_signals()
     try:
         return _run(settings, cfg, run_dir, demo, say, started)
     finally:
