@@ -177,3 +177,44 @@ def test_two_processors_in_one_group_equal_one(settings):
     assert_matches_reference(s, *ref(s, events, load_item_embeddings(s).get), read_transitions(s),
                              allow_duplicates=True)
     assert len(stored_users(s)) == len({e.user_id for e in events})
+
+
+def test_processor_asked_to_stop_after_its_broker_died_stops_in_bounded_time(tmp_path):
+    """The demo's broker dies with the demo, and the processor is then told to stop: its last
+    flush and offset commit wait at most ``stop_timeout_s`` (they waited for the producer's
+    2-minute delivery timeout and 30 s commit retries), and it leaves its state uncommitted
+    past what the broker did not acknowledge."""
+    import threading
+
+    from streamrl.config import Settings
+    from streamrl.kafka import EmbeddedBroker, ensure_topics
+
+    broker = EmbeddedBroker().start()
+    try:
+        s = Settings.from_env(bootstrap_servers=broker.bootstrap_servers, topic_prefix="gone.", group_id="gone",
+                              state_store=f"sqlite:///{tmp_path}/state.db", session_timeout_ms=2000,
+                              heartbeat_interval_ms=500, commit_interval_ms=200, stop_timeout_s=1.0)
+        ensure_topics(s)
+        events = synthetic_log(40_000, n_users=300, n_items=200, seed=3)
+        produce(s, events)
+        proc = EventProcessor(s)
+        errors = []
+
+        def run():
+            try:
+                proc.run()
+            except Exception as e:  # an unacknowledged last flush is reported, not hidden
+                errors.append(e)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 60   # the broker dies with transitions to deliver
+        while proc.summary.transitions < 2000 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.summary.transitions >= 2000
+    finally:
+        broker.stop()
+    proc.stop()
+    t.join(timeout=25)   # bounded: 1 s per wait on the broker, not minutes
+    assert not t.is_alive(), "the processor did not stop after its broker died"
+    assert all("not acknowledged" in str(e) for e in errors), errors
