@@ -429,7 +429,12 @@ def _stop_on_signals() -> Callable[[], None]:
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def run_demo(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig | None = None,
