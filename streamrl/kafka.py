@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from streamrl.config import Settings
 from streamrl.errors import BrokerError
@@ -56,6 +56,23 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
                compression_type=None)
     cfg.update(overrides)
     return KafkaProducer(**cfg)
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float | None) -> bool:
+    """Close ``producer``, waiting at most ``timeout_s`` (None: unbounded) for what it has queued;
+    returns whether all of it was delivered. What is still queued then is failed (its futures get
+    the error), not left to a sender retrying a broker that is gone until the process exits:
+    kafka-python's ``close`` flushes first and raises while records are queued, whatever the timeout."""
+    try:
+        producer.close(timeout=timeout_s)
+        return True
+    except KafkaTimeoutError:
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()      # the sender aborts the incomplete batches and exits
+            sender.join(5.0)
+        producer.close(timeout=0)
+        return False
 
 
 def make_consumer(settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any) -> KafkaConsumer:

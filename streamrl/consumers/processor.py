@@ -41,7 +41,7 @@ from streamrl.consumers.partition import POS_INF, PartitionRuntime
 from streamrl.consumers.state import JoinRules, UserState
 from streamrl.consumers.store import StateStore, open_store
 from streamrl.errors import DeliveryFailed, InvalidEvent, StaleEpochError
-from streamrl.kafka import ensure_topics, make_consumer, make_producer
+from streamrl.kafka import close_producer, ensure_topics, make_consumer, make_producer
 from streamrl.schema import Event, dlq_headers, encode_transitions, parse_event
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,9 @@ class EventProcessor:
             self.consumer.close(autocommit=False, timeout_ms=wait_ms)
         finally:
             try:
-                self.producer.close(timeout=self.s.stop_timeout_s)
-            except KafkaError as e:   # records still queued (a broker gone): the state was not committed past them
-                log.warning("producer closed with records unacknowledged: %s", e)
+                if not close_producer(self.producer, self.s.stop_timeout_s):
+                    # a broker gone: the state was not committed past what it did not acknowledge
+                    log.warning("producer closed with records unacknowledged")
             finally:
                 self.store.close()
 

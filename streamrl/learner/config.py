@@ -157,11 +157,6 @@ class LearnerConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LearnerConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known}).validate()
-
     def replace(self, **changes: Any) -> "LearnerConfig":
         return dataclasses.replace(self, **changes).validate()
 

@@ -67,31 +67,19 @@ class EventSink:
 
     def close(self) -> None:
         """Flush (at most the ``stop_timeout_s`` setting), then close the producer it built."""
-        timed_out = True
         try:
             self.flush(self.close_timeout_s)
-            timed_out = False
         finally:
             if self._own_producer:
-                if timed_out:
-                    _abort_queued(self.producer)
-                self.producer.close(timeout=0 if timed_out else None)
+                from streamrl.kafka import close_producer
+
+                close_producer(self.producer, 0)   # the flush above waited; nothing more to wait for
 
     def __enter__(self) -> "EventSink":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _abort_queued(producer: Any) -> None:
-    """Fail what a producer still has queued, so that ``close(timeout=0)`` closes at once:
-    kafka-python's close flushes first, and raises while records are queued, whatever the
-    timeout (it would also leave its sender retrying the dead broker until the process exits)."""
-    sender = getattr(producer, "_sender", None)
-    if sender is not None:
-        sender.force_close()      # the sender aborts the incomplete batches and exits
-        sender.join(5.0)
 
 
 def write_jsonl(path: str | os.PathLike, events: Iterable[Event]) -> dict[str, int]:
