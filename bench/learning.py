@@ -19,7 +19,13 @@ Use it to try a learner setting in a few minutes (``--set sup-weight=1.0``), the
 them). Last line::
 
     learning reward_vs_oracle=<x> reward_vs_popularity=<y> learned=<r> oracle=<r> popularity=<r> \
-updates=<n> events=<n> [drift_recovery_ratio=<z> drift_recovery_<arm>=<z> ...]
+updates=<n> events=<n> [drift_recovery_ratio=<z> same_request_pre=<x> same_request_post=<x> \
+same_request_recovery=<z> drift_recovery_<arm>=<z> ...]
+
+With ``--drift-at``, :class:`SameRequest` also scores every learned request from 24k events
+before the drift against the best slate of the same candidates for the same user, in expectation
+(``same_request_*``; on stderr per window, and after the drift by how many of the user's history
+items were engaged since it): a low-noise view of where the learned arm loses after a drift.
 
     .venv/bin/python bench/learning.py [--events 250000] [--drift-at 80000] [--set KEY=VALUE ...]
 """
@@ -46,13 +52,80 @@ from streamrl.learner.vocab import PAD
 from streamrl.learner.worker import Learner
 from streamrl.producers.closed_loop import arm_policy
 from streamrl.producers.policies import Ranking
-from streamrl.producers.simulator import SimConfig, Simulator
+from streamrl.producers.simulator import SimConfig, Simulator, examination
 from streamrl.report import CurveRecorder, load_curves, markdown_table, summarize
 from streamrl.serving.explore import sample_slate
 from streamrl.serving.feedback import FeedbackModel, SessionJoin, centred_scores, joined_views
 
 #: The feed client's session context, as the demo's (RankerWithFallback): last 10 engagements, 6 simulated hours.
 SESSION_LEN, SESSION_MS = 10, 6 * 3600 * 1000
+
+
+class SameRequest:
+    """The learned arm's slates against the best slate of the same request, around a drift.
+
+    The drift figures compare the learned arm's reward with the oracle *arm*'s: two trajectories
+    of the world, whose ratio over a few thousand events moves by +-0.1-0.2 between windows. Here
+    every learned request from ``start`` on is scored in expectation (the simulator's click and
+    purchase probabilities, the top slot's reward times each position's examination) four ways:
+    the slate served, the best slate of the same candidates (what the oracle's ranking rule picks),
+    the policy's own ranking (without the layer's correction) and the layer's ranking alone; with
+    how many of the user's history items were engaged since the drift ("fresh"). Same request,
+    same user state: the ratios are of the policy, not of two trajectories.
+    """
+
+    CLASSES = ((0, 0, "0"), (1, 2, "1-2"), (3, 5, "3-5"), (6, 10 ** 9, "6+"))
+
+    def __init__(self, sim: Simulator, start: int, weights: tuple[float, float]) -> None:
+        self.sim, self.start, self.weights = sim, start, weights
+        self.drift_ts: int | None = None     # the first request after the drift
+        self.rows: list[tuple] = []          # (events, served, best, policy, layer or None, fresh)
+
+    def record(self, events: int, ts: int, user_id: str, candidates: list[str], picked: list[int],
+               policy_scores: np.ndarray, corr: np.ndarray | None, history_ts: list[int]) -> None:
+        if events < self.start:
+            return
+        if self.drift_ts is None and self.sim.drifts:
+            self.drift_ts = ts
+        value = self.sim.expected_reward(user_id, candidates, *self.weights)
+        exam = [examination(p, self.sim.cfg.position_bias) for p in range(len(picked))]
+        slate = lambda order: sum(e * value[n] for e, n in zip(exam, order))
+        k = len(picked)
+        fresh = sum(t >= self.drift_ts for t in history_ts) if self.drift_ts is not None else 0
+        self.rows.append((events, slate(picked), sum(e * v for e, v in zip(exam, sorted(value, reverse=True))),
+                          slate(np.argsort(-policy_scores, kind="stable")[:k]),
+                          # the layer's ranking where it corrects (off, its matrix is zero)
+                          slate(np.argsort(-corr, kind="stable")[:k]) if corr is not None and corr.any() else None,
+                          fresh))
+
+    def ratio(self, start: int, end: int, col: int = 1, fresh: tuple[int, int] | None = None) -> float | None:
+        """Sum of column ``col`` over the best slates' sum, requests in (start, end] events."""
+        rows = [r for r in self.rows if start < r[0] <= end and (fresh is None or fresh[0] <= r[5] <= fresh[1])]
+        if col == 4:
+            rows = [r for r in rows if r[4] is not None]
+        best = sum(r[2] for r in rows)
+        return sum(r[col] for r in rows) / best if best else None
+
+    def report(self, drift_at: int, end: int) -> dict[str, float | None]:
+        """Prints the ratios per 4k events and, after the drift, per 8k events and freshness class
+        (stderr); returns ``same_request_pre`` (the 16k events before the drift),
+        ``same_request_post`` (the 8k ending 20k after it) and their ratio."""
+        f = lambda x: "-" if x is None else f"{x:.2f}"
+        print("same request, served/best (policy alone, layer alone) per 4k events from the drift:", file=sys.stderr)
+        cells = []
+        for a in range(self.start, end, 4000):
+            cells.append(f"{(a - drift_at) // 1000:+d}k {f(self.ratio(a, a + 4000))}"
+                         f"({f(self.ratio(a, a + 4000, 3))},{f(self.ratio(a, a + 4000, 4))})")
+        print("  " + "  ".join(cells), file=sys.stderr)
+        for a in range(drift_at, end, 8000):
+            print(f"  {(a - drift_at) // 1000}-{(a - drift_at) // 1000 + 8}k after, by fresh history items: " + "  ".join(
+                f"{name}: {f(self.ratio(a, a + 8000, 1, (lo, hi)))}({f(self.ratio(a, a + 8000, 3, (lo, hi)))},"
+                f"{f(self.ratio(a, a + 8000, 4, (lo, hi)))}) n={sum(1 for r in self.rows if a < r[0] <= a + 8000 and lo <= r[5] <= hi)}"
+                for lo, hi, name in self.CLASSES), file=sys.stderr)
+        pre, post = self.ratio(drift_at - 16_000, drift_at), self.ratio(drift_at + 12_000, drift_at + 20_000)
+        return {"same_request_pre": None if pre is None else round(pre, 4),
+                "same_request_post": None if post is None else round(post, 4),
+                "same_request_recovery": round(post / pre, 4) if pre and post is not None else None}
 
 
 class InProcessLearned:
@@ -76,6 +149,7 @@ class InProcessLearned:
         self.events = self.transitions = 0
         self.owed = 0.0                   # fractional gradient steps carried over
         self.cfg = learner.cfg
+        self.same_request: SameRequest | None = None   # the drift diagnostics (--drift-at)
 
     # --- the processor and the learner ------------------------------------------------------
     def learn_one(self, ev) -> None:
@@ -143,23 +217,25 @@ class InProcessLearned:
             picked = self.rng.choice(len(candidates), size=min(k, len(candidates)), replace=False)
             return [(candidates[n], p) for n in picked]
         st = self.users.get(user_id)
-        hist = [h[2] for h in st.recent(self.cfg.history_len)] if st else []
+        entries = st.recent(self.cfg.history_len) if st else []
+        hist, times = [h[2] for h in entries], [h[0] for h in entries]
         vocab = self.learner.vocab
         rows = vocab.lookup(hist).tolist()  # unknown items: PAD
         state = torch.tensor([[PAD] * (self.cfg.history_len - len(rows)) + rows])
         with torch.no_grad():
             scores = self.served.score(state, vocab.lookup(candidates))[0].numpy().astype(np.float64)
         policy_scores = scores            # the policy's own scores: the layer learns against them
-        if self.feedback is not None:
-            corr = self.feedback.correction(hist, candidates)
-            if corr is not None:
-                scores = scores + corr
+        corr = self.feedback.correction(hist, candidates, times) if self.feedback is not None else None
+        if corr is not None:
+            scores = scores + corr
         s = self.settings  # exploration as the ranker draws it
         picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
                                      temperature=s.serve_temperature, pool=s.serve_softmax_pool)
         if self.session is not None:
             self.session.served(user_id, hist, [candidates[n] for n in picked], recent,
-                                centred_scores(policy_scores, picked, len(picked)))
+                                centred_scores(policy_scores, picked, len(picked)), times)
+        if self.same_request is not None:
+            self.same_request.record(self.events, ts, user_id, candidates, list(picked), policy_scores, corr, times)
         return [(candidates[n], float(p)) for n, p in zip(picked, props)]
 
 
@@ -232,6 +308,9 @@ def main() -> None:
         session = SessionJoin(settings.reward_click, settings.reward_purchase)
     learned = InProcessLearned(learner, rules, settings, args.publish_every, args.seed, feedback, args.lag, session)
     sim.use_policy(learned)
+    if args.drift_at:
+        learned.same_request = SameRequest(sim, max(0, args.drift_at[0] - 24_000),
+                                           (settings.reward_click, settings.reward_purchase))
 
     arms = {"learned": sim}
     for arm in [a for a in args.arms.split(",") if a]:
@@ -260,6 +339,7 @@ def main() -> None:
            "events": args.events}
     if args.drift_at:
         fig["drift_recovery_ratio"] = summary.get("drift_recovery_ratio")
+        fig.update(learned.same_request.report(args.drift_at[0], args.events))
         for arm, ratio in (summary.get("drift_recovery_by_arm") or {}).items():
             if arm != "learned":  # the baselines' own after/before ratio: the yardstick
                 fig[f"drift_recovery_{arm}"] = ratio

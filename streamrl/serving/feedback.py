@@ -8,11 +8,14 @@ layer adapts in the ranker itself, in the time the processor needs to emit a vie
 - **Space.** Items are their catalog text embeddings projected on the top ``dim`` principal
   axes of the catalog (fixed at start-up, so the model does not depend on snapshot versions;
   items the start-up catalog lacks get no correction). A user's context is the recency-weighted
-  mean of their last ``context_len`` engaged items, unit length.
+  mean of their last ``context_len`` engaged items, unit length, in two halves (``2 * dim``): the
+  items engaged before the current fall of engagement began and those since, by the items' event
+  times (``state_ts``, the store's; an item of the request's ``recent`` not stored yet counts as
+  since). Without times, or without a fall, the second half is zero.
 - **Model.** ``P(engaged | context c, item g, position p) = sigmoid(beta_p + s / weight + c^T D g)``:
   ``beta`` the position effect, ``s`` the served policy's score of the item (less the mean over
   the request's candidates; 0 where the source does not carry it: the ``transitions`` topic) at
-  the scale the ranker mixes it with the correction, ``D`` a ``dim x dim`` interaction matrix learned by SGD, one step per
+  the scale the ranker mixes it with the correction, ``D`` a ``2 dim x dim`` interaction matrix learned by SGD, one step per
   transition the processor emits (all rankers' traffic: the ``transitions`` topic) or, with the
   session source, per view the ranker joined to the user's next request (:class:`SessionJoin`),
   with a decay toward zero per transition (a memory of ~``1 / decay`` transitions). An engaged transition's
@@ -30,7 +33,14 @@ layer adapts in the ranker itself, in the time the processor needs to emit a vie
   has missed: the transitions since the fall began (where the cumulative excess of engagement
   over the long-run rate peaked, in a backlog of the last :data:`BACKLOG`), and
   for its first :data:`REPLAY_FOR` transitions each new one also replays
-  :data:`REPLAY_STEPS` random ones since the fall. (At a fall of a fifth, demo runs on a fast
+  :data:`REPLAY_STEPS` random ones since the fall. The fall's start in event time (the latest
+  history time the layer had seen at the change point: :attr:`FeedbackModel.split_ts`) splits
+  contexts into the halves: after a drift a user who liked topic T before now wants T', and a
+  user whose history caught up (items of T' engaged since) wants T' too, which one matrix over one
+  context cannot both say (it learned a blend, and users with no item since the drift, most of
+  a session's first requests, got ~0.45 of the best slate of their own request 8-24k events
+  after a drift, those with 6 or more ~0.85; see ``bench/learning.py``'s ``same_request``
+  figures). (At a fall of a fifth, demo runs on a fast
   machine had 1-3 false alarms before a drift, from the dips of new policy versions, and ``D``
   went into the drift holding a false alarm's matrix; a drift's fall is 60-75%.) A fall while
   it learns extends the time; it starts ``D`` over only if the rate fell below
@@ -133,7 +143,9 @@ class FeedbackModel:
             raise ValueError("weight must be > 0")
         self.lr, self.decay, self.weight, self.reward_unit = lr, decay, weight, reward_unit
         self.context_len, self.recency = context_len, recency
-        self.D = np.zeros((self.dim, self.dim))
+        self.D = np.zeros((2 * self.dim, self.dim))     # rows: the context's halves (before / since the fall)
+        self.split_ts: float | None = None               # event time (ms) since which history items count as since
+        self._clock = 0.0                                # the latest history time seen (the layer's event clock)
         self.beta = np.zeros(POSITIONS)
         self.updates = 0
         # hold > 0: learn (and correct) only for ``hold`` transitions after a detected fall of the
@@ -145,7 +157,8 @@ class FeedbackModel:
         self._aging: deque = deque(maxlen=round(1 / RECENT_ALPHA))   # the views the long-run rate has yet to take
         self._before, self._aged, self._below_since = 0.0, 0, 0
         self._ref, self._held_since = 0.0, 0            # the reference rate, and since when it is held
-        self._backlog: deque = deque(maxlen=BACKLOG if hold else 0)   # (action row, state, reward, position, score)
+        # (action row, state, state times, reward, position, score, event clock)
+        self._backlog: deque = deque(maxlen=BACKLOG if hold else 0)
         self._fallen: list[tuple] = []       # (context, action row, reward, position, score) since the fall began
         self._rng = np.random.default_rng(0)
 
@@ -161,30 +174,51 @@ class FeedbackModel:
         index = self.text.index
         return np.array([index.get(i, -1) for i in item_ids], dtype=np.int64)
 
-    def context(self, history: list[str] | None) -> np.ndarray | None:
-        """Unit context vector of a history (oldest first); None without a known item.
+    def context(self, history: list[str] | None, times: list | None = None) -> np.ndarray | None:
+        """Context vector of a history (oldest first; ``times``: each item's event time in ms, None
+        for one not stored yet): the halves before and since :attr:`split_ts`, together of unit
+        length; None without a known item.
 
         >>> m = FeedbackModel(ItemEmbeddings(["a", "b", "c"], np.eye(3)), dim=2)
         >>> m.context(["zz"]) is None, round(float(np.linalg.norm(m.context(["a", "b"]))), 6)
         (True, 1.0)
+        >>> m.split_ts = 100
+        >>> old, new = m.context(["a", "b"], [50, 150]).reshape(2, 2)
+        >>> bool(old.any() and new.any()), bool(m.context(["a", "b"], [50, 60])[2:].any())
+        (True, False)
         """
         if not history:
             return None
-        rows = self._rows(history[-self.context_len:])
-        w = self.recency ** np.arange(len(rows))[::-1]
-        w = w[rows >= 0]
+        history = history[-self.context_len:]
+        rows = self._rows(history)
+        ok = rows >= 0
+        w = (self.recency ** np.arange(len(rows))[::-1])[ok]
         if not len(w):
             return None
-        v = w @ self.vectors[rows[rows >= 0]]
+        x = self.vectors[rows[ok]]
+        v = w @ x
         n = np.linalg.norm(v)
-        return v / n if n > 0 else None
+        if not n > 0:
+            return None
+        out = np.zeros(2 * self.dim)
+        split = self.split_ts
+        if split is None or times is None:
+            out[:self.dim] = v / n
+            return out
+        times = list(times)[-len(history):]
+        since = np.array([t is None or t >= split for t in times], dtype=bool)[ok] if len(times) == len(history) \
+            else np.zeros(len(w), dtype=bool)
+        out[:self.dim] = w[~since] @ x[~since] / n
+        out[self.dim:] = w[since] @ x[since] / n
+        return out
 
-    def correction(self, history: list[str] | None, candidates: list[str],
+    def correction(self, history: list[str] | None, candidates: list[str], times: list | None = None,
                    D: np.ndarray | None = None) -> np.ndarray | None:
         """``weight * c^T D g`` for each candidate (0 for items without text); None: no context.
-        ``D``: the matrix to use (default: this model's)."""
+        ``times``: the history's event times (see :meth:`context`); ``D``: the matrix to use
+        (default: this model's)."""
         D = self.D if D is None else D
-        c = self.context(history)
+        c = self.context(history, times)
         if c is None:
             return None
         rows = self._rows(candidates)
@@ -210,6 +244,7 @@ class FeedbackModel:
             try:
                 a = index.get(t.get("action"))
                 state = t.get("state")
+                times = t.get("state_ts")
                 reward = float(t.get("reward") or 0)
                 engaged = 1.0 if reward > 0 else 0.0
                 p = t.get("position")
@@ -221,8 +256,14 @@ class FeedbackModel:
             read += 1
             self.seen += 1
             p = min(p, POSITIONS - 1) if isinstance(p, int) and p >= 0 else 0
+            if isinstance(times, list):                      # the event clock: the latest history time seen
+                latest = max((x for x in times if isinstance(x, (int, float))), default=None)
+                if latest is not None and latest > self._clock:
+                    self._clock = float(latest)
+            else:
+                times = None
             if self.hold:
-                self._backlog.append((a, state, reward, p, s))
+                self._backlog.append((a, state, times, reward, p, s, self._clock))
                 if self._engagement_fell(engaged):
                     self.drifts += 1
                     level = self._recent                     # the engagement rate after the fall
@@ -237,14 +278,15 @@ class FeedbackModel:
                         backlog = self._learn_backlog(D, beta)
                     self.active_until = self.seen + self.hold
                     log.info("engagement fell to %.4f (drift %d) at transition %d: D %s for %d transitions", level,
-                             self.drifts, self.seen, f"learns from zero ({backlog} since the fall began at once)"
+                             self.drifts, self.seen, f"learns from zero ({backlog} since the fall began at once; history items since event time "
+                             f"{self.split_ts} in the context's second half)"
                              if fresh else "keeps learning", self.hold)
                 elif self.seen == self.active_until + 1:     # the learner has had its time: off again
-                    D, scale = np.zeros_like(D), 1.0
+                    D, scale, self.split_ts = np.zeros_like(D), 1.0, None
                 elif self.seen <= self.active_until:         # the lowest rate since D started
                     self._level = min(self._level, self._recent)
             on = not self.hold or self.seen <= self.active_until
-            c = self._view_context(a, state) if on else None
+            c = self._view_context(a, state, times) if on else None
             scale *= keep
             if scale < 1e-3:                                 # fold the decay in before 1/scale grows large
                 D *= scale
@@ -266,24 +308,28 @@ class FeedbackModel:
     def _learn_backlog(self, D: np.ndarray, beta: np.ndarray) -> int:
         """Steps on ``D`` (in place) for the backlog's transitions since the fall began: the
         change point is where the cumulative excess of engagement over the long-run rate (which
-        the fall has pulled part of the way down) peaks (CUSUM). Returns how many it learned from."""
-        self._fallen = []
+        the fall has pulled part of the way down) peaks (CUSUM); the event clock there becomes
+        :attr:`split_ts` (None without history times). Returns how many it learned from."""
+        self._fallen, self.split_ts = [], None
         backlog = list(self._backlog)[:-1]               # the newest is learned by the caller
         if not backlog:
             return 0
-        excess = np.cumsum([(1.0 if r > 0 else 0.0) - self._long_run for _, _, r, _, _ in backlog])
-        for a, state, reward, p, s in backlog[int(np.argmax(excess)) + 1:]:
-            c = self._view_context(a, state)
+        excess = np.cumsum([(1.0 if e[3] > 0 else 0.0) - self._long_run for e in backlog])
+        since = backlog[int(np.argmax(excess)) + 1:]
+        if since and since[0][6] > 0:
+            self.split_ts = since[0][6]
+        for a, state, times, reward, p, s, _ in since:
+            c = self._view_context(a, state, times)
             if c is not None:
                 self._step(D, 1.0, beta, c, a, reward, p, s)
                 self._fallen.append((c, a, reward, p, s))
         return len(self._fallen)
 
-    def _view_context(self, a: int | None, state: Any) -> np.ndarray | None:
+    def _view_context(self, a: int | None, state: Any, times: list | None = None) -> np.ndarray | None:
         """The context ``D`` learns a view in: None for an unknown action or a history without a
         known item (or one that is not a list of ids)."""
         try:
-            return self.context(state) if a is not None else None
+            return self.context(state, times) if a is not None else None
         except TypeError:
             return None
 
@@ -339,7 +385,8 @@ class FeedbackModel:
 
     def describe(self) -> dict[str, Any]:
         return {"dim": self.dim, "weight": self.weight, "lr": self.lr, "decay": self.decay, "hold": self.hold,
-                "transitions": self.updates, "norm": round(float(np.linalg.norm(self.D)), 4)}
+                "transitions": self.updates, "norm": round(float(np.linalg.norm(self.D)), 4),
+                "split_ts": self.split_ts}
 
 
 class SessionJoin:
@@ -380,7 +427,8 @@ class SessionJoin:
         self.reward_click, self.reward_purchase = reward_click, reward_purchase
         self.pending, self.max_users = pending, max_users
         # user -> (history, items, Counter of recent | None once joined,
-        #          clicked: [(item, history, position, score, requests left)], scores)
+        #          clicked: [(item, history, position, score, requests left, history times)], scores,
+        #          history times)
         self._last: OrderedDict[str, tuple] = OrderedDict()
 
     def __len__(self) -> int:
@@ -392,38 +440,46 @@ class SessionJoin:
         last = self._last.get(user_id)
         if last is None or last[2] is None:
             return []
-        history, items, before, clicked, scores = last
+        history, items, before, clicked, scores, times = last
         gained = Counter(recent or ())
         gained.subtract(before)
         out, still = [], []
-        for item, h, pos, sc, left in clicked:           # earlier clicks: bought since?
+        for item, h, pos, sc, left, ht in clicked:       # earlier clicks: bought since?
             if gained.get(item, 0) > 0:
                 gained[item] -= 1
-                out.append((h, [item], [self.reward_purchase - self.reward_click], [pos], [sc]))
+                out.append(_record(h, [item], [self.reward_purchase - self.reward_click], [pos], [sc], ht))
             elif left > 1:
-                still.append((item, h, pos, sc, left - 1))
+                still.append((item, h, pos, sc, left - 1, ht))
         rewards = []
         for pos, item in enumerate(items):
             g = gained.get(item, 0)
             rewards.append(0.0 if g <= 0 else self.reward_purchase if g >= 2 else self.reward_click)
             if g == 1 and self.pending:
-                still.append((item, history, pos, scores[pos], self.pending))
-        out.append((history, items, rewards, list(range(len(items))), scores))
-        self._last[user_id] = (None, None, None, still, None)
+                still.append((item, history, pos, scores[pos], self.pending, times))
+        out.append(_record(history, items, rewards, list(range(len(items))), scores, times))
+        self._last[user_id] = (None, None, None, still, None, None)
         return out
 
     def served(self, user_id: str, history: list[str] | None, items: list[str], recent: list[str] | None,
-               scores: list[float] | None = None) -> None:
+               scores: list[float] | None = None, history_ts: list | None = None) -> None:
         """Remember the slate ``items`` served to ``user_id`` with ``history`` (the policy's state),
-        the policy's ``scores`` of the items (less the request's mean; None: 0) and the request's
-        ``recent`` (call :meth:`outcomes` with it first)."""
+        the policy's ``scores`` of the items (less the request's mean; None: 0), the request's
+        ``recent`` (call :meth:`outcomes` with it first) and the history's event times
+        (``history_ts``, None for an item not stored yet; the records then carry them)."""
         last = self._last.get(user_id)
         clicked = last[3] if last is not None and last[2] is None else []
         scores = [0.0] * len(items) if scores is None else list(scores)
-        self._last[user_id] = (list(history or ()), list(items), Counter(recent or ()), clicked, scores)
+        times = None if history_ts is None else list(history_ts)
+        self._last[user_id] = (list(history or ()), list(items), Counter(recent or ()), clicked, scores, times)
         self._last.move_to_end(user_id)
         while len(self._last) > self.max_users:
             self._last.popitem(last=False)
+
+
+def _record(history: list, items: list, rewards: list, positions: list, scores: list, times: list | None) -> tuple:
+    """A slate record: ``(history, items, rewards, positions, scores[, history_ts])``."""
+    rec = (history, items, rewards, positions, scores)
+    return rec if times is None else rec + (times,)
 
 
 def centred_scores(scores: np.ndarray | None, picked: np.ndarray | None, n_served: int) -> list[float] | None:
@@ -441,25 +497,31 @@ def centred_scores(scores: np.ndarray | None, picked: np.ndarray | None, n_serve
 
 
 def joined_views(slates: Iterable) -> list[dict[str, Any] | None]:
-    """Transition-like records (``action``, ``state``, ``reward``, ``position``, ``score``) of slate
-    records ``(history, items, rewards, positions[, scores])`` (no scores: 0); a record of another
-    shape gives None (which :meth:`FeedbackModel.update` counts as skipped).
+    """Transition-like records (``action``, ``state``, ``reward``, ``position``, ``score``, and
+    ``state_ts`` where the record has the history's times) of slate records ``(history, items,
+    rewards, positions[, scores[, history_ts]])`` (no scores: 0); a record of another shape gives
+    None (which :meth:`FeedbackModel.update` counts as skipped).
 
     >>> joined_views([(["a"], ["x", "y"], [0.0, 1.0], [0, 1], [0.5, -0.5]), "junk"])[1:]
     [{'action': 'y', 'state': ['a'], 'reward': 1.0, 'position': 1, 'score': -0.5}, None]
     >>> joined_views([(["a"], ["x"], [1.0], [0])])
     [{'action': 'x', 'state': ['a'], 'reward': 1.0, 'position': 0, 'score': 0.0}]
+    >>> joined_views([(["a", "b"], ["x"], [1.0], [0], [0.5], [1000, None])])[0]["state_ts"]
+    [1000, None]
     """
     out: list[dict[str, Any] | None] = []
     for rec in slates:
         try:
             history, items, rewards, positions, *rest = rec
-            if len(rest) > 1:
+            if len(rest) > 2:
                 raise TypeError("not a slate record")
             scores = rest[0] if rest else [0.0] * len(items)
-            if not all(isinstance(x, list) for x in (items, rewards, positions, scores)):
+            times = rest[1] if len(rest) > 1 else None
+            if not all(isinstance(x, list) for x in (items, rewards, positions, scores)) or \
+                    not (times is None or isinstance(times, list)):
                 raise TypeError("not a slate record")
-            out += [{"action": i, "state": history, "reward": r, "position": p, "score": sc}
+            extra = {} if times is None else {"state_ts": times}
+            out += [{"action": i, "state": history, "reward": r, "position": p, "score": sc, **extra}
                     for i, r, p, sc in zip(items, rewards, positions, scores, strict=True)]
         except (TypeError, ValueError):
             out.append(None)
@@ -493,6 +555,7 @@ class FeedbackLayer:
         np.save(self.dir / "vectors.npy", self.model.vectors)
         (self.dir / "items.json").write_text(json.dumps(text.item_ids))
         self.shared = shared_state(self.dir, self.model.dim, create=True)
+        self.shared[2 * self.model.dim ** 2 + POSITIONS] = np.nan   # no split until the child has one
         self._counted = np.zeros(3)
         self.session: SessionJoin | None = None
         self.dropped = 0
@@ -550,15 +613,23 @@ class FeedbackLayer:
     def _matrix(self) -> np.ndarray:
         """The child's current ``D``: a view of the shared file (no copy per request)."""
         d = self.model.dim
-        return self.shared[:d * d].reshape(d, d)
+        return self.shared[:2 * d * d].reshape(2 * d, d)
 
-    def correction(self, history: list[str] | None, candidates: list[str]) -> np.ndarray | None:
-        """The model's correction with the child's matrix; None while it is zero (the layer is
-        off between falls of engagement: most of the time), without building a context."""
+    def _split_ts(self) -> float | None:
+        """The child's :attr:`FeedbackModel.split_ts` (NaN in the file: None)."""
+        x = float(self.shared[2 * self.model.dim ** 2 + POSITIONS])
+        return None if math.isnan(x) else x
+
+    def correction(self, history: list[str] | None, candidates: list[str],
+                   times: list | None = None) -> np.ndarray | None:
+        """The model's correction with the child's matrix and split; None while the matrix is zero
+        (the layer is off between falls of engagement: most of the time), without building a
+        context. ``times``: the history's event times (see :meth:`FeedbackModel.context`)."""
         D = self._matrix()
         if not D.any():
             return None
-        return self.model.correction(history, candidates, D)
+        self.model.split_ts = self._split_ts()
+        return self.model.correction(history, candidates, times, D)
 
     def sync_metrics(self) -> None:
         """Carry the child's counters and the matrix norm into this process's metrics."""
@@ -574,6 +645,7 @@ class FeedbackLayer:
         out = self.model.describe()
         out["source"] = "session" if self.session is not None else "transitions"
         out["norm"] = round(float(np.linalg.norm(self._matrix())), 4)
+        out["split_ts"] = self._split_ts()
         out["transitions"] = int(self.shared[-3])
         out["lag_s"] = round(float(self.shared[-4]), 3)
         out["learning"] = self._proc.poll() is None
@@ -599,9 +671,10 @@ class FeedbackLayer:
 
 
 def shared_state(directory: Path, dim: int, create: bool = False) -> np.ndarray:
-    """The shared file: ``D`` (dim*dim), ``beta`` (POSITIONS), the lag (seconds from a message's
-    Kafka timestamp to its application, last poll), counters applied/skipped/malformed."""
-    size = dim * dim + POSITIONS + 4
+    """The shared file: ``D`` (2*dim*dim), ``beta`` (POSITIONS), ``split_ts`` (NaN: None), the lag
+    (seconds from a message's Kafka timestamp to its application, last poll), counters
+    applied/skipped/malformed."""
+    size = 2 * dim * dim + POSITIONS + 5
     return np.lib.format.open_memmap(directory / "state.npy", mode="w+" if create else "r+",
                                      dtype=np.float64, shape=(size,) if create else None)
 
@@ -695,7 +768,7 @@ def main() -> None:
     source = _session_frames(stop) if session else _transitions(settings, stop)
     what = "joined views" if session else "transitions"
     counts, lag = np.zeros(3), 0.0
-    d2 = model.dim * model.dim
+    d2 = 2 * model.dim * model.dim
     last_log, lags = time.monotonic(), []
     for messages in source:
         if os.getppid() != parent:
@@ -713,6 +786,7 @@ def main() -> None:
         if messages:
             shared[:d2] = model.D.ravel()
             shared[d2:d2 + POSITIONS] = model.beta
+            shared[d2 + POSITIONS] = np.nan if model.split_ts is None else model.split_ts
             shared[-4] = lag
             shared[-3:] = counts
             lags.append(lag)

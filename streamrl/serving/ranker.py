@@ -101,8 +101,9 @@ class Ranker:
         return True
 
     # --- ranking -----------------------------------------------------------------------------
-    def history(self, user_id: str) -> list[str] | None:
-        """The user's recent engaged items (oldest first), or None for a user with no state."""
+    def history(self, user_id: str) -> tuple[list[str], list[int]] | None:
+        """The user's recent engaged items (oldest first) and their event times (ms), or None for
+        a user with no state."""
         if self.store is None:
             return None
         blob = self.store.get_user(user_id)
@@ -113,7 +114,7 @@ class Ranker:
         except (ValueError, KeyError, TypeError, IndexError) as e:  # an unreadable record: serve as cold start
             log.warning("unreadable state of a user (%s): cold start", e)
             return None
-        return [item for _, item, _ in view.recent]
+        return [item for _, item, _ in view.recent], [ts for ts, _, _ in view.recent]
 
     def rank(self, user_id: str, candidates: list[str], k: int, recent: list[str] | None = None) -> dict[str, Any]:
         """Rank ``candidates`` for ``user_id`` and return the response document (see README);
@@ -140,10 +141,13 @@ class Ranker:
                 out[n] = e
                 continue
             recent = ctx[0] if ctx else None
-            history = merge_recent(self.history(user_id), recent)
+            stored, times = self.history(user_id) or (None, [])
+            history = merge_recent(stored, recent)
+            if history is not None:      # the recent items not stored yet: no event time known
+                times = times + [None] * (len(history) - len(times))
             if join is not None:
                 joined += join.outcomes(user_id, recent)
-            todo.append((n, history, rows, known, unknown, recent))
+            todo.append((n, history, rows, known, unknown, recent, times))
         scored = [t for t in todo if len(t[3])]
         scores = []
         if scored:
@@ -152,17 +156,17 @@ class Ranker:
         by_request = {t[0]: sc for t, sc in zip(scored, scores)}
         policy_scores = dict(by_request)    # before the layer's correction: what the layer learns against
         if self.feedback is not None:
-            for n, history, _, known, *_ in scored:
-                corr = self.feedback.correction(history, [requests[n][1][j] for j in known.tolist()])
+            for n, history, _, known, _, _, times in scored:
+                corr = self.feedback.correction(history, [requests[n][1][j] for j in known.tolist()], times)
                 if corr is not None:
                     by_request[n] = by_request[n] + corr
-        for n, history, _, known, unknown, recent in todo:
+        for n, history, _, known, unknown, recent, times in todo:
             user_id, candidates, k = requests[n][:3]
             out[n], picked = self._slate(policy, user_id, candidates, k, history, known, unknown, by_request.get(n))
             if join is not None:
                 items = out[n]["items"]
                 join.served(user_id, history, [it["item_id"] for it in items], recent,
-                            centred_scores(policy_scores.get(n), picked, len(items)))
+                            centred_scores(policy_scores.get(n), picked, len(items)), times)
         if join is not None:
             self.feedback.send(joined)      # to the layer's learning child (a write every SEND_EVERY_S)
         if self.decisions is not None:

@@ -121,6 +121,75 @@ def test_after_a_fall_each_transition_also_replays_ones_since_the_fall(monkeypat
     assert [_preferred(m, h) for m in (plain, replayed) for h in range(GROUPS)] == [1, 2, 3, 0] * 2
 
 
+def _timed(rng, n: int, t0: int, after: bool, caught_up: float = 0.0) -> list[dict]:
+    """``n`` views from event time ``t0`` (a second apart) with their history's times. Before the
+    drift (``after`` False) users with a group-``h`` history engage with group ``h``; after it with
+    ``h + 1``, and a share ``caught_up`` of them already engaged with three ``h + 1`` items since
+    (their history: two old group-``h`` items, then those), whom the old mapping serves right."""
+    out = []
+    for k in range(n):
+        t = t0 + 1000 * k
+        h = int(rng.integers(GROUPS))
+        want = (h + 1) % GROUPS if after else h
+        if after and rng.random() < caught_up:
+            state = [f"g{h}-{int(i)}" for i in rng.integers(25, size=2)] + [f"g{want}-{int(i)}" for i in rng.integers(25, size=3)]
+            times = [t0 - 500_000, t0 - 400_000] + [t - 3000, t - 2000, t - 1000]
+        else:
+            state = [f"g{h}-{int(i)}" for i in rng.integers(25, size=5)]
+            times = [t0 - 100_000 * (5 - i) for i in range(5)] if after else [t - 2000 * (5 - i) for i in range(5)]
+        a = want if rng.random() < 0.7 and not after else int(rng.integers(GROUPS))
+        engaged = rng.random() < (0.6 if a == want else 0.02)
+        out.append({"state": state, "state_ts": times, "action": f"g{a}-{int(rng.integers(25))}",
+                    "reward": float(engaged), "position": int(rng.integers(10))})
+    return out
+
+
+def test_after_a_fall_items_engaged_since_it_began_have_their_own_half_of_the_context(caplog):
+    """After a drift a user with an old group-h history wants h + 1, and so does one whose history
+    caught up (h + 1 items engaged since), whom the policy reads right: in one context space the
+    matrix had to map h + 1 histories both to h + 2 (old users of h + 1) and to h + 1 (caught-up users
+    of h). With the history's event times, items engaged since the fall began (the event clock at
+    the change point) are the context's second half and each half learns its own mapping."""
+    def run(with_times: bool) -> FeedbackModel:
+        model = FeedbackModel(_catalog(), dim=8, hold=50_000)
+        rng = np.random.default_rng(3)
+        views = _timed(rng, 12000, 10 ** 9, after=False)
+        drift = 10 ** 9 + 1000 * 12000
+        views += _timed(rng, 6000, drift, after=True, caught_up=0.5)
+        if not with_times:
+            for v in views:
+                del v["state_ts"]
+        with caplog.at_level(logging.INFO, logger="streamrl.serving.feedback"):
+            model.update(views)
+        assert model.drifts == 1
+        return model
+
+    cands = [f"g{k}-{n}" for k in range(GROUPS) for n in range(25)]
+    group = lambda corr: int(np.argmax(corr.reshape(GROUPS, 25).mean(1)))
+    old = lambda m, h: group(m.correction([f"g{h}-{n}" for n in range(5)], cands, [0] * 5))
+    late = 10 ** 9 + 1000 * 17_999
+    def caught_up(m: FeedbackModel) -> float:
+        """The smallest margin, over the groups, of a caught-up user's group over the next best."""
+        out = []
+        for h in range(GROUPS):
+            want = (h + 1) % GROUPS
+            corr = m.correction([f"g{h}-1", f"g{h}-2"] + [f"g{want}-{n}" for n in range(3)], cands,
+                                [0, 0, late, late, late]).reshape(GROUPS, 25).mean(1)
+            out.append(corr[want] - max(corr[k] for k in range(GROUPS) if k != want))
+        return min(out)
+
+    split = run(True)
+    drift = 10 ** 9 + 1000 * 12000
+    assert drift - 20_000 <= split.split_ts <= drift + 200_000           # the clock where the fall began
+    assert [old(split, h) for h in range(GROUPS)] == [1, 2, 3, 0]
+    plain = run(False)                                                    # one context space
+    assert plain.split_ts is None and not plain.D[8:].any()
+    assert [old(plain, h) for h in range(GROUPS)] == [1, 2, 3, 0]
+    # caught-up users: right by a wide margin in every group with the halves; in one space a blend
+    # (seeds 3-8: 41-60 against -7.5-9.4)
+    assert caught_up(split) > 20 and caught_up(plain) < caught_up(split) / 3
+
+
 def test_a_weaker_policy_version_is_not_a_drift():
     """Engagement down by a third (a new policy version ranks worse) is not an interest drift:
     at a fall of a fifth, demo runs had 1-3 such false alarms before their drift."""
@@ -393,3 +462,37 @@ def test_the_ranker_joins_each_users_slates_to_their_next_request(settings):
         assert layer.describe()["transitions"] == 5               # u1's 3 views and u2's 2
     finally:
         ranker.close()
+
+
+def test_the_ranker_hands_the_layer_each_history_items_event_time(settings, tmp_path):
+    """The store's history carries event times; the request's ``recent`` items not stored yet have
+    none (None). The joined records carry them to the child (``state_ts``), whose event clock
+    sets where a fall began."""
+    from serving_snapshots import catalog_text, make_snapshot
+
+    from streamrl.consumers.state import UserState
+    from streamrl.consumers.store import open_store
+    from streamrl.serving.ranker import Ranker
+
+    s = settings.replace(serve_feedback_source="session", serve_exploration="greedy",
+                         state_store=f"sqlite:///{tmp_path}/state.db")
+    store = open_store(s.state_store, s.state_namespace)
+    store.commit({}, {}, {"u1": UserState("u1", history=[(1000, "e1", "i3", "click"),
+                                                         (2000, "e2", "i4", "purchase")]).encode(None)}, {})
+    layer = FeedbackLayer(s, catalog_text())
+    ranker = Ranker(s, catalog_text(), store, None, seed=0, feedback=layer)
+    try:
+        assert ranker.offer(make_snapshot(1))
+        assert layer._split_ts() is None                                   # no fall: no split
+        shown = [it["item_id"] for it in ranker.rank("u1", ["i1", "i2", "i5"], 2, recent=["i7"])["items"]]
+        assert layer.session._last["u1"][0] == ["i3", "i4", "i7"] and layer.session._last["u1"][5] == [1000, 2000, None]
+        joined = layer.session.outcomes("u1", ["i7", shown[0]])
+        assert joined[0][5] == [1000, 2000, None]
+        views = feedback.joined_views(joined)
+        assert views[0]["state_ts"] == [1000, 2000, None] and views[0]["reward"] == 1.0
+        model = FeedbackModel(catalog_text(), dim=4)
+        model.update(views)
+        assert model._clock == 2000.0                                      # the latest stored time seen
+    finally:
+        ranker.close()
+        store.close()
