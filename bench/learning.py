@@ -92,15 +92,19 @@ class SameRequest:
         slate = lambda order: sum(e * value[n] for e, n in zip(exam, order))
         k = len(picked)
         fresh = sum(t >= self.drift_ts for t in history_ts) if self.drift_ts is not None else 0
-        self.rows.append((events, slate(picked), sum(e * v for e, v in zip(exam, sorted(value, reverse=True))),
+        self.rows.append((events, slate(picked), slate(np.argsort(-np.asarray(value), kind="stable")[:k]),
                           slate(np.argsort(-policy_scores, kind="stable")[:k]),
                           # the layer's ranking where it corrects (off, its matrix is zero)
                           slate(np.argsort(-corr, kind="stable")[:k]) if corr is not None and corr.any() else None,
                           fresh))
 
+    def _rows(self, start: int, end: int, fresh: tuple[int, int] | None = None) -> list[tuple]:
+        """Requests in (start, end] events, with a number of fresh history items in ``fresh`` (inclusive)."""
+        return [r for r in self.rows if start < r[0] <= end and (fresh is None or fresh[0] <= r[5] <= fresh[1])]
+
     def ratio(self, start: int, end: int, col: int = 1, fresh: tuple[int, int] | None = None) -> float | None:
         """Sum of column ``col`` over the best slates' sum, requests in (start, end] events."""
-        rows = [r for r in self.rows if start < r[0] <= end and (fresh is None or fresh[0] <= r[5] <= fresh[1])]
+        rows = self._rows(start, end, fresh)
         if col == 4:
             rows = [r for r in rows if r[4] is not None]
         best = sum(r[2] for r in rows)
@@ -120,7 +124,7 @@ class SameRequest:
         for a in range(drift_at, end, 8000):
             print(f"  {(a - drift_at) // 1000}-{(a - drift_at) // 1000 + 8}k after, by fresh history items: " + "  ".join(
                 f"{name}: {f(self.ratio(a, a + 8000, 1, (lo, hi)))}({f(self.ratio(a, a + 8000, 3, (lo, hi)))},"
-                f"{f(self.ratio(a, a + 8000, 4, (lo, hi)))}) n={sum(1 for r in self.rows if a < r[0] <= a + 8000 and lo <= r[5] <= hi)}"
+                f"{f(self.ratio(a, a + 8000, 4, (lo, hi)))}) n={len(self._rows(a, a + 8000, (lo, hi)))}"
                 for lo, hi, name in self.CLASSES), file=sys.stderr)
         pre, post = self.ratio(drift_at - 16_000, drift_at), self.ratio(drift_at + 12_000, drift_at + 20_000)
         return {"same_request_pre": None if pre is None else round(pre, 4),
