@@ -351,7 +351,7 @@ class FeedbackModel:
         :data:`FALL_SHARE` of the long-run one (~10k transitions, and not before 10k), or has
         stayed below that share of the long-run rate before the last ~2k transitions (which the
         fall has not pulled down yet) for :data:`PERSIST` transitions; it re-arms once the recent
-        rate is back above 0.9 of the long-run one. (Against the long-run rate of every view
+        rate is back above 0.9 of the long-run one and above FALL_SHARE of that earlier rate. (Against the long-run rate of every view
         alone, a demo drift that halved engagement was never flagged: the long-run rate came
         down with it. Against the earlier views alone, falls were flagged ~1k transitions
         sooner, with less to learn from: in-process, six seeds, 0.77 instead of 0.89 of the
@@ -376,8 +376,8 @@ class FeedbackModel:
                 self._held_since = n
         below = self._recent < FALL_SHARE * self._ref
         self._below_since = (self._below_since or n) if below else 0
-        if self._low:
-            self._low = self._recent < 0.9 * self._long_run
+        if self._low:        # re-arm once the rate is back, not while still below the reference (that re-flagged a fall)
+            self._low = self._recent < 0.9 * self._long_run or below
             return False
         self._low = n >= 1.0 / LONG_RUN_ALPHA and (self._recent < FALL_SHARE * self._long_run
                                                    or (below and n - self._below_since >= PERSIST))

@@ -221,16 +221,19 @@ def test_a_smaller_fall_is_flagged_against_the_rate_before_it():
     assert model.drifts == 1 and model.seen - 12000 <= 5000                 # 3.7k (seeded)
 
 
-def _rate_stream(model: FeedbackModel, rates: list[tuple[float, int]], seed: int) -> int | None:
-    """Feed ``model`` views engaged with probability ``rate`` for ``n`` views each, in turn;
-    the views after the first phase when a fall was flagged (None: never)."""
+def _rate_stream(model: FeedbackModel, rates: list[tuple[float, int]], seed: int, to_end: bool = False) -> int | None:
+    """Feed ``model`` views engaged with probability ``rate`` for ``n`` views each, in turn (to the
+    end, or until a fall is flagged); the views after the first phase when one first was (None: never)."""
     rng = np.random.default_rng(seed)
     engaged = np.concatenate([rng.random(n) < rate for rate, n in rates])
+    flagged = None
     for k in range(0, len(engaged), 500):
         model.update([{"action": "none", "state": [], "reward": float(e), "position": 0} for e in engaged[k:k + 500]])
-        if model.drifts:
-            return model.seen - rates[0][1]
-    return None
+        if model.drifts and flagged is None:
+            flagged = model.seen - rates[0][1]
+            if not to_end:
+                break
+    return flagged
 
 
 def test_a_fall_at_a_demos_engagement_rate_is_flagged_and_a_steady_rate_is_not():
@@ -245,6 +248,18 @@ def test_a_fall_at_a_demos_engagement_rate_is_flagged_and_a_steady_rate_is_not()
         assert after is not None and 0 < after <= 10_000, (seed, after)
         steady = FeedbackModel(_catalog(), dim=8, hold=50_000)
         assert _rate_stream(steady, [(0.08, 20_000), (0.08, 100_000)], seed) is None and steady.drifts == 0
+
+
+def test_a_fall_that_lasts_is_flagged_once():
+    """Engagement that stays down after a fall: the detector used to re-arm as soon as the recent
+    rate touched 0.9 of the long-run one (which the fall pulls down), while the recent rate was still
+    below FALL_SHARE of the held reference, and flagged the same fall again a few views later,
+    61-880 times over 30k views in ten such seeded streams (each a log line, and 30k views after D started, a restart
+    from zero). It re-arms once the rate is back."""
+    for seed in range(4):
+        model = FeedbackModel(_catalog(), dim=8, hold=50_000)
+        assert _rate_stream(model, [(0.083, 40_000), (0.04, 30_000)], seed, to_end=True) is not None
+        assert model.drifts == 1, (seed, model.drifts)
 
 
 def test_it_ranks_by_what_an_engagement_is_worth_not_by_clicks():
