@@ -71,7 +71,11 @@ class SameRequest:
     the slate served, the best slate of the same candidates (what the oracle's ranking rule picks),
     the policy's own ranking (without the layer's correction) and the layer's ranking alone; with
     how many of the user's history items were engaged since the drift ("fresh"). Same request,
-    same user state: the ratios are of the policy, not of two trajectories.
+    same user state: the ratios are of the policy, not of two trajectories. The two rankings
+    alone are greedy (the served slate has the ε-slots), and the layer's counts only the requests
+    where its matrix is on (not those before a fall is flagged): it reads above the served figure
+    without being a better ranking (served by the correction alone, the served figure was the
+    same: docs/demo-findings.md).
     """
 
     CLASSES = ((0, 0, "0"), (1, 2, "1-2"), (3, 5, "3-5"), (6, 10 ** 9, "6+"))
