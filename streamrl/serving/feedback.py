@@ -555,7 +555,7 @@ class FeedbackLayer:
         np.save(self.dir / "vectors.npy", self.model.vectors)
         (self.dir / "items.json").write_text(json.dumps(text.item_ids))
         self.shared = shared_state(self.dir, self.model.dim, create=True)
-        self.shared[2 * self.model.dim ** 2 + POSITIONS] = np.nan   # no split until the child has one
+        self.shared[split_at(self.model.dim)] = np.nan    # no split until the child has one
         self._counted = np.zeros(3)
         self.session: SessionJoin | None = None
         self.dropped = 0
@@ -617,7 +617,7 @@ class FeedbackLayer:
 
     def _split_ts(self) -> float | None:
         """The child's :attr:`FeedbackModel.split_ts` (NaN in the file: None)."""
-        x = float(self.shared[2 * self.model.dim ** 2 + POSITIONS])
+        x = float(self.shared[split_at(self.model.dim)])
         return None if math.isnan(x) else x
 
     def correction(self, history: list[str] | None, candidates: list[str],
@@ -670,11 +670,16 @@ class FeedbackLayer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def split_at(dim: int) -> int:
+    """Where ``split_ts`` lies in the shared file of a model of ``dim`` (after ``D`` and ``beta``)."""
+    return 2 * dim * dim + POSITIONS
+
+
 def shared_state(directory: Path, dim: int, create: bool = False) -> np.ndarray:
     """The shared file: ``D`` (2*dim*dim), ``beta`` (POSITIONS), ``split_ts`` (NaN: None), the lag
     (seconds from a message's Kafka timestamp to its application, last poll), counters
     applied/skipped/malformed."""
-    size = 2 * dim * dim + POSITIONS + 5
+    size = split_at(dim) + 5
     return np.lib.format.open_memmap(directory / "state.npy", mode="w+" if create else "r+",
                                      dtype=np.float64, shape=(size,) if create else None)
 
@@ -786,7 +791,7 @@ def main() -> None:
         if messages:
             shared[:d2] = model.D.ravel()
             shared[d2:d2 + POSITIONS] = model.beta
-            shared[d2 + POSITIONS] = np.nan if model.split_ts is None else model.split_ts
+            shared[split_at(model.dim)] = np.nan if model.split_ts is None else model.split_ts
             shared[-4] = lag
             shared[-3:] = counts
             lags.append(lag)
