@@ -234,8 +234,8 @@ class InProcessLearned:
             scores = self.served.score(state, vocab.lookup(candidates))[0].numpy().astype(np.float64)
         policy_scores = scores            # the policy's own scores: the layer learns against them
         corr = self.feedback.correction(hist, candidates, times) if self.feedback is not None else None
-        if corr is not None:
-            scores = scores + corr
+        if corr is not None:              # as the ranker: a user with nothing since the fall gets a diverse slate
+            scores = self.feedback.diversify(scores + corr, candidates, times, k)
         s = self.settings  # exploration as the ranker draws it
         picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
                                      temperature=s.serve_temperature, pool=s.serve_softmax_pool)
@@ -267,6 +267,8 @@ def main() -> None:
     ap.add_argument("--feedback-lr", type=float, default=None, help="serve_feedback_lr [0.1]")
     ap.add_argument("--feedback-hold", type=int, default=None, help="serve_feedback_hold [100000]")
     ap.add_argument("--feedback-decay", type=float, default=None, help="serve_feedback_decay [1e-4]")
+    ap.add_argument("--feedback-diversity", type=float, default=None,
+                    help="serve_feedback_diversity: a diverse slate for users with nothing since a fall (0: off) [1.0]")
     ap.add_argument("--lag", type=int, default=0,
                     help="events between a transition's emission and its delivery to the learner and the feedback "
                          "layer: the closed loop's pipeline delay (~0.5 s of transition lag: 1000-2200 events at "
@@ -293,7 +295,8 @@ def main() -> None:
     for name, val in (("serve_exploration", args.exploration), ("serve_epsilon", args.epsilon),
                       ("serve_temperature", args.temperature), ("serve_feedback_weight", args.feedback_weight),
                       ("serve_feedback_lr", args.feedback_lr), ("serve_feedback_hold", args.feedback_hold),
-                      ("serve_feedback_decay", args.feedback_decay), ("serve_feedback_source", args.feedback_source)):
+                      ("serve_feedback_decay", args.feedback_decay), ("serve_feedback_source", args.feedback_source),
+                      ("serve_feedback_diversity", args.feedback_diversity)):
         if val is not None:
             settings = settings.replace(**{name: val})
     rules = JoinRules.from_settings(settings)

@@ -108,6 +108,7 @@ class Settings:
     serve_feedback_hold: int = _opt(100_000, "Transitions the fast feedback layer learns and corrects for after a detected fall of the engagement rate (then it is off until the next one); 0: always on.")
     serve_feedback_lr: float = _opt(0.1, "SGD step of the fast feedback layer, per transition.")
     serve_feedback_decay: float = _opt(1e-4, "Decay of the fast feedback layer toward zero per transition (memory of ~1/decay transitions).")
+    serve_feedback_diversity: float = _opt(1.0, "While the fast feedback layer corrects (after a detected fall), a user whose history has nothing engaged since the fall gets a diverse slate: each slot after the first penalised by its text similarity to the slots above, times this many standard deviations of the request's scores (maximal marginal relevance). 0: off.")
     serve_feedback_dim: int = _opt(64, "Principal axes of the catalog text embeddings the fast feedback layer works in.")
     serve_batch_wait_ms: float = _opt(1.0, "Longest wait for more /rank requests to join one batched forward pass (0: only those already waiting).")
     serve_max_candidates: int = _opt(1000, "Most candidates accepted in one /rank request.")
@@ -155,9 +156,9 @@ class Settings:
         if not self.serve_temperature > 0:
             raise ValueError("serve_temperature must be > 0")
         if (self.serve_feedback_weight < 0 or self.serve_feedback_lr <= 0 or self.serve_feedback_dim < 1
-                or self.serve_feedback_hold < 0):
-            raise ValueError("serve_feedback_weight and serve_feedback_hold must be >= 0, serve_feedback_lr > 0, "
-                             "serve_feedback_dim >= 1")
+                or self.serve_feedback_hold < 0 or self.serve_feedback_diversity < 0):
+            raise ValueError("serve_feedback_weight, serve_feedback_hold and serve_feedback_diversity must be >= 0, "
+                             "serve_feedback_lr > 0, serve_feedback_dim >= 1")
         if self.serve_feedback_source not in ("transitions", "session"):
             raise ValueError(f"serve_feedback_source must be transitions or session, got {self.serve_feedback_source!r}")
         if not 0.0 <= self.serve_feedback_decay < 1.0:

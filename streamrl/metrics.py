@@ -121,6 +121,9 @@ SERVING_FEEDBACK = Counter("streamrl_serving_feedback_transitions_total",
                            "fast feedback layer, by outcome (applied; skipped: a record that is not a transition; "
                            "malformed: an undecodable message; dropped: joined views the learning child could not "
                            "take in time).", ["outcome"])
+SERVING_DIVERSIFIED = Counter("streamrl_serving_diversified_total",
+                              "Slates re-ordered for diversity: users with nothing engaged since a detected fall of "
+                              "engagement, while the fast feedback layer corrects (serve_feedback_diversity).")
 SERVING_FEEDBACK_NORM = Gauge("streamrl_serving_feedback_norm",
                               "Frobenius norm of the fast feedback layer's interaction matrix (0: not learned or off).")
 SERVING_FEEDBACK_LAG = Gauge("streamrl_serving_feedback_lag_seconds",

@@ -12,6 +12,9 @@ event contract). Both samplers are defined so those marginals are computable exa
   the ``pool`` best-scored candidates; slots beyond the pool are filled greedily. Marginals by a
   dynamic programme over the subsets of the pool (``2^pool * pool``).
 - ``greedy``: the top ``k`` in score order, propensity 1.
+
+:func:`diversify` re-orders scores before sampling (a diverse top ``k``); the samplers'
+propensities are those of the re-ordered scores, so they stay exact.
 """
 
 from __future__ import annotations
@@ -158,6 +161,47 @@ def softmax_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
     """
     z = (scores - scores.max()) / temperature
     return np.exp(np.maximum(z, -700.0))   # never exactly 0: every pool item keeps a positive propensity
+
+
+def diversify(scores: np.ndarray, vectors: np.ndarray, k: int, strength: float) -> np.ndarray:
+    """Scores whose greedy order is a diverse top ``k`` (maximal marginal relevance).
+
+    Slot 0 keeps the best-scored candidate; each next slot takes the candidate with the highest
+    ``score - strength * sd * max(0, cos)``, ``cos`` its largest cosine similarity to the
+    candidates already placed and ``sd`` the scores' standard deviation over the candidates (so
+    ``strength`` is in units of the request's own spread of scores). ``vectors``: ``(n, d)``
+    unit rows (a zero row, an item without text, is similar to nothing). The ``k`` placed
+    candidates get their penalised scores (made strictly decreasing); the others their scores,
+    all shifted by one amount to below the last placed one. ``strength`` 0 or ``k`` < 2 changes
+    nothing.
+
+    >>> v = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    >>> greedy_order(diversify(np.array([3.0, 2.9, 2.5, 1.0]), v, 2, 1.0)).tolist()
+    [0, 2, 1, 3]
+    >>> greedy_order(diversify(np.array([3.0, 2.9, 2.5, 1.0]), v, 2, 0.0)).tolist()
+    [0, 1, 2, 3]
+    """
+    n = len(scores)
+    k = min(k, n)
+    sd = float(np.std(scores)) if n else 0.0
+    if strength <= 0 or k < 2 or not np.isfinite(sd):  # unchanged (the same array); a score that is not
+        return scores                                  # finite: left to the sampler
+    scores = np.asarray(scores, dtype=np.float64)
+    step = strength * (sd or 1.0)
+    out = scores.copy()
+    free = np.ones(n, dtype=np.bool_)
+    sim = np.zeros(n)                                  # largest max(0, cos) to the placed candidates
+    last = np.inf
+    for _ in range(k):
+        value = np.where(free, scores - step * sim, -np.inf)
+        j = int(np.argmax(value))                      # ties: request order
+        last = min(float(value[j]), float(np.nextafter(last, -np.inf)))
+        out[j], free[j] = last, False
+        sim = np.maximum(sim, vectors @ vectors[j])
+    if free.any():                                     # the others: shifted below, in their own order
+        rest = scores[free] - max(0.0, float(scores[free].max()) - last)
+        out[free] = np.minimum(rest, np.nextafter(last, -np.inf))
+    return out
 
 
 def sample_slate(scores: np.ndarray, k: int, mode: str, rng: np.random.Generator, *, epsilon: float = 0.1,

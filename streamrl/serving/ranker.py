@@ -157,9 +157,13 @@ class Ranker:
         policy_scores = dict(by_request)    # before the layer's correction: what the layer learns against
         if self.feedback is not None:
             for n, history, _, known, _, _, times in scored:
-                corr = self.feedback.correction(history, [requests[n][1][j] for j in known.tolist()], times)
-                if corr is not None:
-                    by_request[n] = by_request[n] + corr
+                names = [requests[n][1][j] for j in known.tolist()]
+                corr = self.feedback.correction(history, names, times)
+                if corr is not None:        # the layer corrects; a user with nothing since the fall: a diverse slate
+                    corrected = by_request[n] + corr
+                    by_request[n] = self.feedback.diversify(corrected, names, times, requests[n][2])
+                    if by_request[n] is not corrected:
+                        M.SERVING_DIVERSIFIED.inc()
         for n, history, _, known, unknown, recent, times in todo:
             user_id, candidates, k = requests[n][:3]
             out[n], picked = self._slate(policy, user_id, candidates, k, history, known, unknown, by_request.get(n))

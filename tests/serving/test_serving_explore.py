@@ -18,8 +18,8 @@ from serving_snapshots import catalog_text, make_snapshot
 from streamrl.config import Settings
 from streamrl.consumers.state import UserState
 from streamrl.consumers.store import open_store
-from streamrl.serving.explore import (epsilon_marginals, greedy_order, plackett_luce_marginals, sample_slate,
-                                      slate_order)
+from streamrl.serving.explore import (diversify, epsilon_marginals, greedy_order, plackett_luce_marginals,
+                                      sample_slate, slate_order)
 from streamrl.serving.ranker import Ranker
 
 
@@ -73,6 +73,45 @@ def test_marginals_are_distributions_over_slots_and_items():
 def test_greedy_slate_is_top_k_with_certain_propensities():
     picked, props = sample_slate(np.array([0.1, 3.0, 2.0, -1.0]), 3, "greedy", np.random.default_rng(0))
     assert picked.tolist() == [1, 2, 0] and props.tolist() == [1.0, 1.0, 1.0]
+
+
+def _brute_mmr(scores: np.ndarray, vectors: np.ndarray, k: int, strength: float) -> list[int]:
+    """Maximal marginal relevance, written out: each slot the best score less strength * sd * max(0, cos)."""
+    step, placed = strength * float(np.std(scores)), []
+    for _ in range(k):
+        rest = [j for j in range(len(scores)) if j not in placed]
+        value = [scores[j] - step * max([0.0] + [float(vectors[j] @ vectors[i]) for i in placed]) for j in rest]
+        placed.append(rest[int(np.argmax(value))])
+    return placed
+
+
+def test_diversify_spreads_the_top_of_the_slate_over_directions():
+    """Three text clusters, the best scores all in one: the diverse top 3 has one of each, the
+    order is maximal marginal relevance's, the others follow in score order; strength 0 (or a
+    slate of one) changes nothing, and a weak one leaves a wide gap of scores alone."""
+    rng = np.random.default_rng(0)
+    centres = np.eye(3)
+    groups = np.repeat(np.arange(3), 10)
+    vectors = centres[groups] + 0.2 * rng.standard_normal((30, 3))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = np.where(groups == 0, 2.0, np.where(groups == 1, 1.5, 1.2)) + 0.05 * rng.standard_normal(30)
+    out = diversify(scores, vectors, 3, 3.0)
+    order = greedy_order(out)
+    assert sorted(groups[order[:3]].tolist()) == [0, 1, 2] and groups[order[0]] == 0
+    assert order[0] == int(np.argmax(scores))                        # the first slot keeps the best score
+    assert order[:3].tolist() == _brute_mmr(scores, vectors, 3, 3.0)
+    rest = order[3:]
+    assert (np.diff(scores[rest]) <= 0).all()                         # the others: in score order below
+    assert greedy_order(diversify(scores, vectors, 3, 0.0)).tolist() == greedy_order(scores).tolist()
+    assert greedy_order(diversify(scores, vectors, 1, 3.0)).tolist() == greedy_order(scores).tolist()
+    assert greedy_order(diversify(scores, vectors, 3, 1.0))[:3].tolist() == greedy_order(scores)[:3].tolist()  # weak
+    for trial in range(50):                                           # random worlds: always the brute order
+        n, k = int(rng.integers(2, 40)), int(rng.integers(2, 12))
+        v = rng.standard_normal((n, 5))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        v[rng.random(n) < 0.1] = 0.0                                  # items without text: similar to nothing
+        sc, strength = rng.standard_normal(n), float(rng.uniform(0.1, 3.0))
+        assert greedy_order(diversify(sc, v, k, strength))[:min(k, n)].tolist() == _brute_mmr(sc, v, min(k, n), strength)
 
 
 def test_slate_order_keeps_the_greedy_prefix_with_ties_in_request_order():

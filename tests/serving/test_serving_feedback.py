@@ -511,3 +511,80 @@ def test_the_ranker_hands_the_layer_each_history_items_event_time(settings, tmp_
     finally:
         ranker.close()
         store.close()
+
+
+def test_after_a_fall_a_user_with_nothing_since_it_gets_a_diverse_slate():
+    """A policy that ranks one group's items first: before a fall, and for a user whose history
+    has items since the fall began (or a recent item not stored yet), the scores are left alone;
+    once the fall is flagged, a user whose history all predates it gets a top 5 spread over the
+    groups (strength 0: off)."""
+    model = FeedbackModel(_catalog(), dim=8, hold=50_000, diversity=3.0)
+    cands = [f"g{k}-{n}" for k in range(GROUPS) for n in range(25)]
+    rng = np.random.default_rng(4)
+    scores = np.repeat([2.0, 1.0, 1.0, 1.0], 25) + 0.05 * rng.standard_normal(100)
+    groups = lambda s: {int(j) // 25 for j in np.argsort(-s, kind="stable")[:5]}
+    assert model.diversify(scores, cands, [0] * 5, 5) is scores                       # no fall: no split
+    drift = 10 ** 9 + 1000 * 12000
+    model.update(_timed(rng, 12000, 10 ** 9, after=False) + _timed(rng, 6000, drift, after=True))
+    assert model.drifts == 1 and model.split_ts is not None
+    stale = model.diversify(scores, cands, [0] * 5, 5)
+    assert groups(scores) == {0} and groups(stale) == {0, 1, 2, 3}
+    assert int(np.argmax(stale)) == int(np.argmax(scores))                           # the best item stays first
+    late = 10 ** 9 + 1000 * 17_999
+    assert model.diversify(scores, cands, [0, 0, late], 5) is scores                  # caught up: the policy's
+    assert model.diversify(scores, cands, [0, 0, None], 5) is scores                  # a recent item, not stored
+    model.diversity = 0.0
+    assert model.diversify(scores, cands, [0] * 5, 5) is scores
+
+
+def test_the_ranker_diversifies_the_slates_of_users_with_nothing_since_a_fall(settings, tmp_path):
+    """Through the ranker and the layer's learning child: once the child has flagged a fall (from
+    the session joins the ranker hands it), the slate of a user whose stored history predates the
+    fall is diversified (counted in streamrl_serving_diversified_total); a request whose ``recent``
+    has an item not stored yet (engaged since) is not."""
+    from prometheus_client import REGISTRY
+    from serving_snapshots import catalog_text, make_snapshot
+
+    from streamrl.consumers.state import UserState
+    from streamrl.consumers.store import open_store
+    from streamrl.serving.ranker import Ranker
+
+    s = settings.replace(serve_feedback_source="session", serve_exploration="greedy", serve_feedback_dim=8,
+                         serve_feedback_hold=50_000, state_store=f"sqlite:///{tmp_path}/state.db")
+    store = open_store(s.state_store, s.state_namespace)
+    store.commit({}, {}, {"u1": UserState("u1", history=[(1000, "e1", "i3", "click"),
+                                                         (2000, "e2", "i4", "purchase")]).encode(None)}, {})
+    text = catalog_text()
+    layer = FeedbackLayer(s, text)
+    ranker = Ranker(s, text, store, None, seed=0, feedback=layer)
+    counted = lambda: REGISTRY.get_sample_value("streamrl_serving_diversified_total") or 0.0
+    cands = [f"i{k}" for k in range(20)]
+    try:
+        assert ranker.offer(make_snapshot(1))
+        before = counted()
+        ranker.rank("u1", cands, 5)
+        assert counted() == before                                     # no fall: the layer is off
+        rng = np.random.default_rng(0)
+        t0 = 10 ** 9
+        for chunk in range(18):                                        # engagement falls from 30% to 3%
+            rate = 0.3 if chunk < 12 else 0.03
+            slates = []
+            for n in range(1000):
+                t = t0 + 1000 * (1000 * chunk + n)
+                state = [f"i{int(i)}" for i in rng.integers(20, size=5)]
+                slates.append((state, [f"i{int(rng.integers(20))}"], [float(rng.random() < rate)],
+                               [int(rng.integers(10))], [0.0], [t - 2000 * (5 - i) for i in range(5)]))
+            layer.send(slates)
+            time.sleep(feedback.SEND_EVERY_S * 2)
+        layer.send([])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (layer._split_ts() is None or not layer._matrix().any()):
+            time.sleep(0.1)
+        assert layer._split_ts() is not None and layer._split_ts() > 2000 and layer.describe()["dropped"] == 0
+        ranker.rank("u1", cands, 5)
+        assert counted() == before + 1                                  # u1's history: all before the fall
+        ranker.rank("u1", cands, 5, recent=["i9"])
+        assert counted() == before + 1                                  # an item since: the policy's order
+    finally:
+        ranker.close()
+        store.close()
