@@ -84,7 +84,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
 SERVE_FLAGS = KAFKA_FLAGS + [
     "state_store", "state_namespace", "history_len", "catalog_path", "embedding_model", "cache_dir",
     "max_id_bytes", "max_request_bytes", "serve_host", "serve_port", "serve_workers", "serve_token", "serve_exploration",
-    "serve_epsilon", "serve_temperature", "serve_softmax_pool", "serve_feedback_weight", "serve_feedback_source", "serve_feedback_hold", "serve_feedback_lr", "serve_feedback_decay",
+    "serve_epsilon", "serve_temperature", "serve_softmax_pool", "serve_feedback_weight", "serve_feedback_source", "serve_feedback_hold", "serve_feedback_lr", "serve_feedback_decay", "serve_feedback_diversity",
     "serve_feedback_dim", "serve_batch_wait_ms", "serve_max_candidates", "serve_max_k", "serve_max_body_bytes", "snapshot_dir",
 ]
 

@@ -62,6 +62,10 @@ layer adapts in the ranker itself, in the time the processor needs to emit a vie
   in-process, 16 seeds: 0.932 with it (>= 0.9 on 9, the lowest 0.605), 0.952 with it capped at its
   start, 0.960 fixed (>= 0.9 on 9, the lowest 0.688): no worse (paired +0.028, se 0.045) with one
   learned parameter fewer.
+- **Diverse slates.** While ``D`` corrects, a user whose history has nothing since the fall
+  (:meth:`FeedbackModel.stale`) gets a slate re-ordered by maximal marginal relevance in the
+  layer's text space (:meth:`FeedbackModel.diversify`, strength ``serve_feedback_diversity``):
+  the rows of ``D`` for rarer old topics learn slowly, and a diverse slate moves such users on.
 
 After an interest drift, views of the items the old mapping favours stop being engaged and the
 items users want now are; ``D`` learns that within a few thousand transitions, while the

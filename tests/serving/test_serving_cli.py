@@ -79,3 +79,13 @@ def test_closed_loop_client_keeps_requests_in_flight_and_falls_back_when_the_ran
         assert client.submit("u1", candidates, 3, ts=100).result(timeout=30)[1] is None
     finally:
         client.close()
+
+
+def test_every_serving_setting_is_a_flag_of_serve():
+    """A ``serve_*`` setting added to Settings is a ``streamrl serve`` flag too (and so in its --help)."""
+    from dataclasses import fields
+
+    from streamrl.cli import SERVE_FLAGS
+    from streamrl.config import Settings
+
+    assert {f.name for f in fields(Settings) if f.name.startswith("serve_")} <= set(SERVE_FLAGS)
