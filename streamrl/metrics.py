@@ -85,7 +85,8 @@ LEARNER_CHECKPOINT_SECONDS = Histogram("streamrl_learner_checkpoint_duration_sec
                                        buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
 LEARNER_GATES = Counter("streamrl_learner_gate_decisions_total",
                         "Evaluation gate outcomes, by result (published, rejected).", ["result"])
-LEARNER_EVAL = Gauge("streamrl_learner_eval", "Evaluation figures of the last gate, by policy and metric.",
+LEARNER_EVAL = Gauge("streamrl_learner_eval", "Evaluation figures of the last gate, by policy and metric (the "
+                     "published policy's at every gate with --gate-baseline published, else every 10 s).",
                      ["policy", "metric"])
 LEARNER_DRIFT = Counter("streamrl_learner_drift_events_total", "ADWIN drift detections for the worse (reward fell, TD error rose), by signal.", ["signal"])
 SNAPSHOT_REJECTED = Counter("streamrl_snapshot_rejected_total",

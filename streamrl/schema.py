@@ -195,12 +195,15 @@ def transition_record(*, tid: str, user_id: str, state: list[str], action: str, 
 
 
 def encode_transitions(batch: list[dict[str, Any]]) -> bytes:
-    return json.dumps({"v": TRANSITION_VERSION, "transitions": batch}, separators=(",", ":")).encode()
+    """A ``transitions`` message: compact JSON (orjson: a tenth of the json module's time per
+    transition, which the processor pays for every view)."""
+    return orjson.dumps({"v": TRANSITION_VERSION, "transitions": batch})
 
 
 def decode_transitions(value: bytes) -> list[dict[str, Any]]:
-    """Inverse of :func:`encode_transitions`; rejects unknown versions."""
-    obj = json.loads(value)
+    """Inverse of :func:`encode_transitions`; rejects unknown versions (and what is not JSON: a
+    ``ValueError``)."""
+    obj = orjson.loads(value)
     if obj.get("v") != TRANSITION_VERSION:
         raise ValueError(f"unknown transitions version {obj.get('v')!r}")
     return obj["transitions"]

@@ -20,13 +20,13 @@ The processor feeds events with :meth:`UserState.apply` and watermarks with
 
 from __future__ import annotations
 
-import json
 import struct
 from bisect import insort
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from streamrl.schema import Event, transition_record
 
@@ -207,9 +207,9 @@ class UserState:
     # --- serialisation --------------------------------------------------------------------------
     def encode(self, interest: np.ndarray | None) -> bytes:
         """``uint32 json length | json | float32 interest vector (may be empty)``."""
-        doc = json.dumps({"v": 1, "h": self.history, "c": self.counts,
-                          "pv": list(self.pending_views.values()), "pe": self.pending_eng,
-                          "s": self.seen, "o": self.organic}, separators=(",", ":")).encode()
+        doc = orjson.dumps({"v": 1, "h": self.history, "c": self.counts,
+                            "pv": list(self.pending_views.values()), "pe": self.pending_eng,
+                            "s": self.seen, "o": self.organic})
         vec = b"" if interest is None else interest.astype(np.float32).tobytes()
         return struct.pack("<I", len(doc)) + doc + vec
 
@@ -224,7 +224,7 @@ class UserState:
 def split_record(blob: bytes) -> tuple[dict, np.ndarray | None]:
     """Decode a stored user record into its JSON document and interest vector."""
     (n,) = struct.unpack_from("<I", blob)
-    doc = json.loads(blob[4:4 + n])
+    doc = orjson.loads(blob[4:4 + n])
     if doc.get("v") != 1:
         raise ValueError(f"unknown user record version {doc.get('v')!r}")
     rest = blob[4 + n:]

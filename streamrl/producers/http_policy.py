@@ -9,10 +9,11 @@ the learner reads propensities and versions from them).
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import time
 from urllib.parse import urlsplit
+
+import orjson
 
 from streamrl.errors import StreamrlError
 from streamrl.producers.policies import Ranking
@@ -80,11 +81,11 @@ class HttpRankerPolicy:
         doc: dict = {"user_id": user_id, "candidates": candidates, "k": k}
         if recent:
             doc["recent"] = recent
-        body = json.dumps(doc).encode()
+        body = orjson.dumps(doc)
         status, raw = self._request("POST", "/rank", body)
         if status != 200:
             raise RankerUnavailable(f"/rank answered {status}: {raw[:300]!r}")
-        doc = json.loads(raw)
+        doc = orjson.loads(raw)
         self.version = doc.get("policy_version")
         self.last_request_id = doc.get("request_id")
         if self.version is not None and self.version not in self.served_at:

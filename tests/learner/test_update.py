@@ -108,6 +108,52 @@ def test_a_step_on_the_whole_item_table_equals_the_per_call_step(encoder, monkey
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(pa, pb))
 
 
+def test_evaluation_on_the_whole_item_table_gives_the_per_call_figures(monkeypatch):
+    """A small catalog's held-out evaluation projects every item once; its figures are those of
+    projecting each call's items."""
+    import contextlib
+
+    from streamrl.learner.evaluate import evaluate, model_scorer
+    from streamrl.learner.model import QNetwork
+
+    torch.manual_seed(0)
+    lr = learner(n=4000)                  # a held-out slice that touches the 1024-row table twice over
+    lr.train(20)
+    batch = lr.buffer.eval_slice(lr.cfg.eval_size)
+    whole, used, out = QNetwork.every_item_once, [], []
+
+    def counted(self):
+        used.append(self)
+        return whole(self)
+
+    for once in (counted, lambda self: contextlib.nullcontext()):
+        monkeypatch.setattr(QNetwork, "every_item_once", once)
+        out.append(evaluate(model_scorer(lr.online), batch, len(lr.vocab), lr.cfg, 7, model=lr.online))
+    assert used == [lr.online] and lr.online._table is None
+    a, b = out
+    assert (a.hr10, a.n_rewarded, a.n_logged) == (b.hr10, b.n_rewarded, b.n_logged)
+    assert math.isclose(a.ndcg10, b.ndcg10, rel_tol=1e-6) and math.isclose(a.td_error, b.td_error, rel_tol=1e-5)
+    assert math.isclose(a.snips, b.snips, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("baseline", ["published", "popularity"])
+def test_the_published_policy_is_evaluated_at_every_gate_that_compares_with_it(tmp_path, baseline, monkeypatch):
+    """With gate_baseline published every gate evaluates the published policy; with popularity
+    its figures only feed a metric and are refreshed every PUBLISHED_EVAL_EVERY_S seconds."""
+    import streamrl.learner.worker as worker
+
+    lr = learner(tmp_path, gate_baseline=baseline, gate_tolerance=1.0)
+    lr.train(10)
+    assert lr.maybe_publish(FakePublisher()) == 1
+    clock = [1000.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: clock[0])
+    seen = []
+    for dt in (0.0, 1.0, worker.PUBLISHED_EVAL_EVERY_S - 1.5, 1.0, 1.0):
+        clock[0] += dt
+        seen.append("published" in lr.evaluate())
+    assert seen == ([True] * 5 if baseline == "published" else [True, False, False, True, False])
+
+
 @pytest.mark.parametrize("poison,reason", [("nan_reward", "non_finite_loss"), ("inf_reward", "non_finite_loss"),
                                            ("huge_gradient", "exploding_gradient")])
 def test_guard_skips_bad_steps_without_touching_weights(poison, reason):
