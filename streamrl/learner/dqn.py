@@ -53,12 +53,10 @@ def dqn_update(online: QNetwork, target: QNetwork, opt: torch.optim.Optimizer, s
     negs = pool[torch.randint(0, len(pool), (cfg.sup_negatives,), generator=gen)].to(device)
 
     # a small catalog: every item's vector once per network and step (a large one: per call, its
-    # unique items). Demo shapes (batch 256, 20-item histories, ~10.9k item references per step),
-    # one thread: 1000 items 5.3-6.0 ms per step against 7.9-9.0, 4000 items 9.9-10.0 against
-    # 10.6-10.9, 8000 items 18.6 against 12.2: the whole table pays while it is at most half the references
+    # unique items)
     touched = b.state.numel() + b.next_state.numel() + 2 * len(b.action) + len(cands) + len(negs)
     with contextlib.ExitStack() as once:
-        if 2 * online.n_items <= touched:
+        if online.whole_table_pays(touched):
             once.enter_context(online.every_item_once())
             with torch.no_grad():
                 once.enter_context(target.every_item_once())

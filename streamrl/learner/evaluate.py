@@ -76,12 +76,11 @@ def evaluate(scorer: Scorer, batch: Batch, n_items: int, cfg: LearnerConfig, see
     hits = ndcg = weight_sum = 0.0
     n_rew = n_logged = 0
     td_sum, w_sum, wr_sum = 0.0, 0.0, 0.0
-    # every item's vector once for the whole slice where it touches each item twice or more on
-    # average (as dqn_update: the chunks' histories, next states, actions and negatives cover a small
-    # catalog several times over; projecting each call's own items was a tenth of the learner's
-    # time at a gate a second)
+    # every item's vector once for the whole slice where that pays (the chunks' histories, next
+    # states, actions and negatives cover a small catalog several times over; projecting each
+    # call's own items was a tenth of the learner's time at a gate a second)
     touched = 2 * batch.state.numel() + len(batch) + len(negs) * -(-len(batch) // chunk)
-    with model.every_item_once() if model is not None and 2 * model.n_items <= touched else contextlib.nullcontext():
+    with model.every_item_once() if model is not None and model.whole_table_pays(touched) else contextlib.nullcontext():
         for i in range(0, len(batch), chunk):
             state, action = batch.state[i:i + chunk], batch.action[i:i + chunk]
             reward, prop = batch.reward[i:i + chunk], batch.propensity[i:i + chunk]

@@ -96,6 +96,14 @@ class QNetwork(nn.Module):
         finally:
             self._table = None
 
+    def whole_table_pays(self, references: int) -> bool:
+        """Whether :meth:`every_item_once` is cheaper than per-call projections for work that makes
+        ``references`` item lookups: while the table is at most half of them. Demo shapes (a
+        training step: batch 256, 20-item histories, ~10.9k references), one thread: 1000 items
+        5.3-6.0 ms per step against 7.9-9.0, 4000 items 9.9-10.0 against 10.6-10.9, 8000 items
+        18.6 against 12.2."""
+        return 2 * self.n_items <= references
+
     def item_bias_of(self, items: torch.Tensor | None = None) -> torch.Tensor:
         return self.item_bias.weight.squeeze(-1) if items is None else self.item_bias(items).squeeze(-1)
 
