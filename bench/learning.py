@@ -141,8 +141,9 @@ class InProcessLearned:
 
     def __init__(self, learner: Learner, rules: JoinRules, settings: Settings, publish_every: int,
                  seed: int, feedback: FeedbackModel | None = None, lag: int = 0,
-                 session: SessionJoin | None = None) -> None:
+                 session: SessionJoin | None = None, warmup: int = 0) -> None:
         self.learner, self.rules, self.settings = learner, rules, settings
+        self.warmup = warmup              # no policy served before this many events (the demo's warm-up)
         self.feedback = feedback          # the ranker's fast feedback layer (None: off)
         self.session = session            # the layer learns from session joins, not transitions
         self.recent: dict[str, list[tuple[int, str]]] = {}   # the feed client's session context
@@ -173,7 +174,8 @@ class InProcessLearned:
         self.events += 1
         if self.events % 250 == 0:
             self._advance(ev.ts)
-        if self.events % self.publish_every == 0 and self.transitions >= self.cfg.min_transitions_to_publish:
+        if (self.events % self.publish_every == 0 and self.transitions >= self.cfg.min_transitions_to_publish
+                and self.events >= self.warmup):
             self.served = copy.deepcopy(self.learner.online).eval()
             self.version = (self.version or 0) + 1
 
@@ -277,6 +279,9 @@ def main() -> None:
                     help="serve_feedback_source: the feedback layer learns from the transitions topic (delayed by "
                          "--lag) or from the ranker's join of each user's last slate to the next request's session "
                          "context [the demo's]")
+    ap.add_argument("--warmup-events", type=int, default=0,
+                    help="random slates until this many events, whatever the learner has: the demo's warm-up "
+                         "before its first snapshot is served (its summary's warmup_events) [0]")
     ap.add_argument("--out", default=None, help="run directory for curves.jsonl/report [a temp dir]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -317,7 +322,8 @@ def main() -> None:
     session = None
     if feedback is not None and settings.serve_feedback_source == "session":
         session = SessionJoin(settings.reward_click, settings.reward_purchase)
-    learned = InProcessLearned(learner, rules, settings, args.publish_every, args.seed, feedback, args.lag, session)
+    learned = InProcessLearned(learner, rules, settings, args.publish_every, args.seed, feedback, args.lag, session,
+                               args.warmup_events)
     sim.use_policy(learned)
     if args.drift_at:
         learned.same_request = SameRequest(sim, max(0, args.drift_at[0] - 24_000),

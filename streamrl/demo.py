@@ -482,9 +482,13 @@ def _run(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig, sa
             children.start("baselines", ["baselines", *sim_args, "--events", str(demo.events), "--run-dir", str(run_dir),
                                          "--arms", ",".join(demo.arms), "--follow"], {"STREAMRL_METRICS_PORT": "-2"},
                            nice=10)
-        # simulated users arrive once learner and ranker are up: the random warm-up before the first
-        # snapshot then lasts only as long as the learner needs, not as long as torch takes to import
+        # simulated users arrive once the ranker is up and the learner has its catalog (it then
+        # consumes): the random warm-up before the first snapshot lasts only as long as the learner
+        # needs, not as long as torch takes to import. The warm-up's slates cost no ranker call, so
+        # the loop runs ~3x faster then: every second of it is thousands of events of random slates
+        # (a demo whose first policy came 2.5 s late learned ~35k events behind bench/learning.py).
         _wait_listening({"learner": ports["learner"], "ranker": ranker_port}, children, timeout_s=120)
+        _wait_metric(ports["learner"], "streamrl_learner_items", "learner", children, timeout_s=120)
         up_s = time.monotonic() - started
         duration_s = loop_duration(demo, up_s)
         say(f"[demo] learner and ranker up after {up_s:.0f}s: simulated users arrive")
@@ -569,6 +573,18 @@ def _wait_listening(ports: dict[str, int], children: Children, timeout_s: float)
             time.sleep(0.25)
 
 
+def _wait_metric(port: int, name: str, role: str, children: Children, timeout_s: float) -> None:
+    """Until the metric ``name`` on a process's /metrics endpoint is above zero (or it has died)."""
+    deadline = time.monotonic() + timeout_s
+    while scrape(port, (name,)).get(name, 0.0) <= 0:
+        failed = children.failed()
+        if failed:
+            raise RuntimeError(f"{', '.join(failed)} exited during start-up; see its log in {children.run_dir}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{role} not ready ({name} still 0) after {timeout_s:.0f}s; see its log in {children.run_dir}")
+        time.sleep(0.1)
+
+
 def _write_catalog(settings: Settings, cfg: SimConfig, say) -> None:
     """The simulated catalog, embedded once here so learner and ranker start from the cache."""
     from streamrl.catalog import TextEmbedder, item_text, write_catalog
@@ -593,7 +609,8 @@ def _figures(settings: Settings, cfg: SimConfig, run_dir: Path, seconds: float, 
     figures: dict[str, Any] = {"events": status.get("events", 0), "seconds": round(seconds, 1),
                                "closed_loop_events_per_s": status.get("events_per_s"),
                                "policy_version": _newest_served(run_dir) or status.get("policy_version"),
-                               "ranker_failures": status.get("ranker_failures"), "users": cfg.n_users,
+                               "ranker_failures": status.get("ranker_failures"),
+                               "warmup_events": status.get("warmup_events"), "users": cfg.n_users,
                                "items": cfg.n_items, "seed": cfg.seed, "interrupted": interrupted}
     if cfg.drift_at:
         figures["drift_at"] = list(cfg.drift_at)
@@ -620,7 +637,7 @@ KEY_FIGURES = ("reward_vs_oracle", "reward_vs_popularity", "freshness_p50_s", "f
 
 def render(summary: dict[str, Any], run_dir: Path) -> str:
     lines = ["", "streamrl demo", "-------------", markdown_table(summary), ""]
-    for k in KEY_FIGURES + ("events", "closed_loop_events_per_s", "policy_version", "freshness_samples",
+    for k in KEY_FIGURES + ("events", "closed_loop_events_per_s", "warmup_events", "policy_version", "freshness_samples",
                             "freshness_unserved", "transition_lag_p50_s", "transition_lag_p99_s",
                             "pre_drift_oracle_ratio", "post_drift_oracle_ratio", "drift_recovered_after_events",
                             "pre_drift_vs_random", "drift_recovery_by_arm", "seconds"):

@@ -55,6 +55,10 @@ def test_short_demo_closes_the_loop_and_reports(demo_run, settings):
     assert served and summary["policy_version"] >= 1
     curves = load_curves(run_dir / "curves.jsonl")
     assert any(r["policy_version"] for r in curves["learned"])
+    # random slates until the first version was served: the warm-up is counted, and no curve
+    # window that ended before it carries a version
+    assert 0 < summary["warmup_events"] < summary["events"]
+    assert not any(r["policy_version"] for r in curves["learned"] if r["events"] <= summary["warmup_events"])
 
     # freshness came from snapshot metadata (trained offsets) and the produce times
     assert summary["freshness_samples"] > 0

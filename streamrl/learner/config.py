@@ -89,7 +89,8 @@ class LearnerConfig:
     checkpoint_interval_s: float = 30.0
     """Seconds between atomic checkpoints."""
     publish_interval_s: float = 60.0
-    """Seconds between evaluation gates (a snapshot is published when the gate passes)."""
+    """Least seconds between two evaluation gates (a snapshot is published when the gate passes); the
+    first gate runs as soon as ``min_transitions_to_publish`` transitions were seen and a step taken."""
     min_transitions_to_publish: int = 5_000
     """Transitions that must have been seen before the first snapshot goes out."""
     seed: int = 0

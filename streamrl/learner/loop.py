@@ -5,7 +5,10 @@ every partition of ``transitions`` (no consumer group: offsets live in the check
 the refill offsets (the oldest message still in the buffer at the last checkpoint); records below
 the checkpoint's consumed offsets are refill (no updates owed, no drift).
 Each turn: poll → ingest → pay owed updates → on their intervals: catalog refresh, gate and
-publish, checkpoint. Stop (SIGTERM, --max-seconds, --until-idle): a last checkpoint.
+publish, checkpoint. A gate runs once there is something new to judge, at most one per
+``publish_interval_s``: a fresh learner's first snapshot goes out as soon as it has seen
+``min_transitions_to_publish`` transitions and taken a step, not an interval after start.
+Stop (SIGTERM, --max-seconds, --until-idle): a last checkpoint.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def run_learner(learner, max_seconds: float | None = None, until_idle: bool = Fa
     publisher = SnapshotPublisher(settings)
     learner.refresh_catalog()
     t_start = now = time.monotonic()
-    last_ckpt = last_pub = last_cat = last_rate = last_data = now
+    last_ckpt = last_cat = last_rate = last_data = now
+    last_pub = -float("inf")  # the first gate as soon as there is something to publish
     rate_updates = 0
     try:
         while not learner._stopping:
@@ -57,7 +61,7 @@ def run_learner(learner, max_seconds: float | None = None, until_idle: bool = Fa
             if now - last_cat >= CATALOG_REFRESH_S:
                 learner.refresh_catalog()
                 last_cat = now
-            if now - last_pub >= cfg.publish_interval_s:
+            if now - last_pub >= cfg.publish_interval_s and learner.gate_ready():
                 learner.maybe_publish(publisher)
                 last_pub = time.monotonic()
             if now - last_ckpt >= cfg.checkpoint_interval_s:

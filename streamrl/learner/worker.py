@@ -288,9 +288,13 @@ class Learner:
                     M.LEARNER_EVAL.labels(policy, metric).set(v)
         return out
 
+    def gate_ready(self) -> bool:
+        """Whether a gate has something to judge: enough transitions seen and a step since the last gate."""
+        return self.seen >= self.cfg.min_transitions_to_publish and self.train_step not in (0, self._gated_step)
+
     def maybe_publish(self, publisher) -> int | None:
         """Run the gate; publish a snapshot when it passes. Returns the new version or None."""
-        if self.seen < self.cfg.min_transitions_to_publish or self.train_step in (0, self._gated_step):
+        if not self.gate_ready():
             return None  # nothing to publish, or nothing new since the last gate
         if not self.weights_finite():
             self.rollback()

@@ -154,6 +154,24 @@ def test_nan_rewards_never_reach_a_published_snapshot(settings, tmp_path):
     assert snap.metadata["hyperparameters"]["gamma"] == cfg.gamma
 
 
+def test_the_first_snapshot_goes_out_without_waiting_a_publish_interval(settings, tmp_path):
+    """A fresh learner gates as soon as it has seen min_transitions_to_publish transitions and taken
+    a step, not one publish interval after it started (the demo's closed loop serves random slates
+    until then); later gates keep the interval."""
+    world = make_world(200, 100, seed=8)
+    warm_histories(world, seed=8)
+    produce(settings, transitions(world, 2000, seed=8))
+    cfg = LearnerConfig(dim=16, hidden=16, history_len=10, batch_size=64, min_buffer=200, capacity=20_000,
+                        holdout_capacity=5000, min_transitions_to_publish=500, publish_interval_s=600,
+                        gate_tolerance=1.0, snips_tolerance=1.0, updates_per_transition=0.2,
+                        max_updates_per_poll=8, eval_negatives=50, next_candidates=32, sup_negatives=32)
+    learner = Learner(settings, cfg, checkpoint_dir=str(tmp_path))
+    assert not learner.gate_ready()                 # nothing seen, no step
+    summary = learner.run(max_seconds=15)           # no last gate at the end: only a run's own gates
+    assert summary.published == [1]                 # the first at once, the next not before 600 s
+    assert learner.gate_ready() and learner.train_step > learner._gated_step   # steps the interval held back
+
+
 def test_simulator_processor_learner_pipeline_publishes_a_usable_policy(settings, tmp_path):
     """The contract end to end: simulated events -> processor -> transitions -> learner ->
     snapshot -> Policy that scores catalog items (text vectors from the catalog)."""
