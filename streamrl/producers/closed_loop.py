@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from streamrl.config import Settings
-from streamrl.producers.http_policy import HttpRankerPolicy, RankerUnavailable
+from streamrl.producers.http_policy import HttpRankerPolicy, RankerNotReady, RankerUnavailable
 from streamrl.producers.policies import Policy, PopularityPolicy, RandomPolicy, Ranking
 from streamrl.producers.simulator import SimConfig, Simulator
 from streamrl.report import CurveRecorder
@@ -49,10 +49,17 @@ def reward_weights(settings: Settings) -> dict[str, float]:
 class RankerWithFallback:
     """The ranking service once it is ready; random slates (exact propensity 1/n) until then.
 
-    ``/readyz`` is asked at most every ``check_every_s`` while the ranker is not ready (0.1 s: the
-    random slates cost no round trip, so the loop runs them ~3x faster, and each 0.1 s of them is
-    hundreds to a thousand events on 2 cores); a failed ``/rank`` falls back to a random
-    slate for that request and is counted in ``failures`` (the loop never stops for the ranker).
+    Until the ranker has a policy, every request still goes to ``/rank``, as a feed client's
+    would, and its 503 (no verified policy yet) gets a random slate for that request: the random
+    warm-up runs at the closed loop's own pace. (Drawn locally without the round trip, the random
+    slates ran ~3x faster than served ones, and a default demo served 20-38k events of them before
+    its first policy; the learned arm's users, whose interests concentrate under good slates,
+    started that much later: in-process, seven seeds, learned/oracle over 200-250k events 0.63
+    after a 20k-event warm-up against 0.72 after the ~3.4k the learner needs; see
+    docs/demo-findings.md.) While the ranker does not answer at all, slates are random without a
+    call and ``/readyz`` is asked at most every ``check_every_s``. A failed ``/rank`` (no answer,
+    or a 503 once it was ready) falls back to a random slate for that request and is counted in
+    ``failures`` (the loop never stops for the ranker).
 
     Like a service's many feed clients, it keeps up to ``concurrency`` requests in flight, each on
     its own persistent connection (:meth:`submit`; the simulator sends the requests due next ahead).
@@ -84,7 +91,8 @@ class RankerWithFallback:
         self._lock = threading.Lock()
         self.fallback = RandomPolicy(seed)
         self.check_every_s = check_every_s
-        self.live = False
+        self.live = False                       # the ranker has served a slate (and not failed since)
+        self.up = False                         # the ranker answers HTTP (with or without a policy)
         self.failures = 0
         self.version: int | None = None
         self.last_request_id: str | None = None
@@ -129,26 +137,38 @@ class RankerWithFallback:
                 recent: list[str] | None) -> Served:
         try:
             out = client.rank(user_id, candidates, k, ts, recent=recent)
-            self.version = client.version
-            return out, client.version, client.last_request_id
+        except RankerNotReady as e:            # up, no policy yet: the feed's fallback for this request
+            with self._lock:
+                was_live, self.live = self.live, False
+                if was_live:
+                    self.failures += 1
+            if was_live:
+                log.warning("ranker lost its policy (%s): random slates until it is ready again", e)
+            return self._random(user_id, candidates, k, ts)
         except RankerUnavailable as e:
             with self._lock:
                 self.failures += 1
-                was_live, self.live = self.live, False
+                was_live, self.live, self.up = self.live, False, False
             if was_live:
                 log.warning("ranker failed (%s): random slates until it is ready again", e)
             return self._random(user_id, candidates, k, ts)
+        if not self.live:
+            with self._lock:
+                was_live, self.live = self.live, True
+            if not was_live:
+                log.info("ranker ready: closed loop from now on")
+        self.version = client.version
+        return out, client.version, client.last_request_id
 
     def submit(self, user_id: str, candidates: list[str], k: int, ts: int) -> Future:
         """Send a /rank request; the future gives ``(slate, policy_version, request_id)``
-        (a random slate, version and id None, while the ranker is not ready or when it fails)."""
-        if not self.live and time.monotonic() >= self._next_check:
-            self.live = self.http.ready()
+        (a random slate, version and id None, while the ranker has no policy, does not answer or
+        fails)."""
+        if not self.up and time.monotonic() >= self._next_check:
+            self.up = self.http.probe() is not None
             self._next_check = time.monotonic() + self.check_every_s
-            if self.live:
-                log.info("ranker ready: closed loop from now on")
         fut: Future = Future()
-        if not self.live:
+        if not self.up:
             fut.set_result(self._random(user_id, candidates, k, ts))
             return fut
         recent = self._session(user_id, ts)

@@ -25,6 +25,10 @@ class RankerUnavailable(StreamrlError):
     """The ranking service did not answer a /rank request in time."""
 
 
+class RankerNotReady(RankerUnavailable):
+    """The ranking service answered /rank with 503: it has no verified policy loaded yet."""
+
+
 class HttpRankerPolicy:
     """``POST {url}/rank`` per slate; waits for /readyz at start (a policy must be loaded)."""
 
@@ -60,12 +64,17 @@ class HttpRankerPolicy:
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    def probe(self) -> int | None:
+        """One ``GET /readyz``: its status (200 a verified policy is loaded, 503 not yet), None when
+        the ranker does not answer."""
+        try:
+            return self._request("GET", "/readyz", retries=0)[0]
+        except RankerUnavailable:
+            return None
+
     def ready(self) -> bool:
         """One ``GET /readyz``: true when the ranker answers and has a verified policy loaded."""
-        try:
-            return self._request("GET", "/readyz", retries=0)[0] == 200
-        except RankerUnavailable:
-            return False
+        return self.probe() == 200
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until the ranker has a verified policy loaded."""
@@ -83,6 +92,8 @@ class HttpRankerPolicy:
             doc["recent"] = recent
         body = orjson.dumps(doc)
         status, raw = self._request("POST", "/rank", body)
+        if status == 503:
+            raise RankerNotReady(f"/rank answered 503: {raw[:300]!r}")
         if status != 200:
             raise RankerUnavailable(f"/rank answered {status}: {raw[:300]!r}")
         doc = orjson.loads(raw)

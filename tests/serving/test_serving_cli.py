@@ -81,6 +81,37 @@ def test_closed_loop_client_keeps_requests_in_flight_and_falls_back_when_the_ran
         client.close()
 
 
+def test_closed_loop_client_asks_a_ranker_without_a_policy_and_serves_random_slates(tmp_path):
+    """Before its first policy the ranker answers /rank with 503; the client still sends every
+    request (the warm-up runs at the loop's own pace) and serves a random slate for each, which is
+    not a failure."""
+    from streamrl.producers.closed_loop import RankerWithFallback
+
+    port = free_port()
+    (tmp_path / "snaps").mkdir()
+    env = {**os.environ, "STREAMRL_BOOTSTRAP_SERVERS": "", "STREAMRL_SNAPSHOT_DIR": str(tmp_path / "snaps"),
+           "STREAMRL_STATE_STORE": f"sqlite:///{tmp_path}/state.db", "STREAMRL_SERVE_PORT": str(port),
+           "STREAMRL_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamrl.cli", "serve"], env=env)
+    client = RankerWithFallback(f"http://127.0.0.1:{port}", concurrency=4, check_every_s=0.05)
+    try:
+        deadline = time.monotonic() + 60
+        while not client.up:                      # the ranker answers (503: no policy yet)
+            assert proc.poll() is None and time.monotonic() < deadline, "ranker did not come up"
+            client.submit("u", ["i1", "i2"], 2, ts=0).result(timeout=30)
+            time.sleep(0.05)
+        candidates = [f"i{k}" for k in range(8)]
+        answers = [f.result(timeout=30) for f in [client.submit(f"u{n}", candidates, 3, ts=n) for n in range(12)]]
+        assert all((version, rid) == (None, None) and len(slate) == 3 and {p for _, p in slate} == {1 / 8}
+                   for slate, version, rid in answers)   # random slates, exact propensity 1/n
+        assert client.up and not client.live and client.failures == 0
+        assert len(client._clients) > 1                  # the requests went to /rank, on the pool's connections
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def test_every_serving_setting_is_a_flag_of_serve():
     """A ``serve_*`` setting added to Settings is a ``streamrl serve`` flag too (and so in its --help)."""
     from dataclasses import fields
