@@ -484,9 +484,8 @@ def _run(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig, sa
                            nice=10)
         # simulated users arrive once the ranker is up and the learner has its catalog (it then
         # consumes): the random warm-up before the first snapshot lasts only as long as the learner
-        # needs, not as long as torch takes to import. The warm-up's slates cost no ranker call, so
-        # the loop runs ~3x faster then: every second of it is thousands of events of random slates
-        # (a demo whose first policy came 2.5 s late learned ~35k events behind bench/learning.py).
+        # needs, not as long as torch takes to import; every second of it is thousands of events
+        # of random slates, and the learned arm's world starts behind (docs/demo-findings.md)
         _wait_listening({"learner": ports["learner"], "ranker": ranker_port}, children, timeout_s=120)
         _wait_metric(ports["learner"], "streamrl_learner_items", "learner", children, timeout_s=120)
         up_s = time.monotonic() - started
@@ -555,34 +554,38 @@ def start_pipeline(settings: Settings, run_dir: Path, learner_args: dict[str, An
 
 def _wait_listening(ports: dict[str, int], children: Children, timeout_s: float) -> None:
     """Until every named process accepts TCP connections on its port (or one of them has died)."""
-    deadline = time.monotonic() + timeout_s
     waiting = dict(ports)
-    while waiting:
+
+    def listening() -> bool:
         for role, port in list(waiting.items()):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 del waiting[role]
             except OSError:
                 pass
-        failed = children.failed()
-        if failed:
-            raise RuntimeError(f"{', '.join(failed)} exited during start-up; see its log in {children.run_dir}")
-        if waiting and time.monotonic() > deadline:
-            raise RuntimeError(f"{', '.join(waiting)} not listening after {timeout_s:.0f}s; see logs in {children.run_dir}")
-        if waiting:
-            time.sleep(0.25)
+        return not waiting
+
+    _wait_for(listening, lambda: f"{', '.join(waiting)} not listening", children, timeout_s, every_s=0.25)
 
 
 def _wait_metric(port: int, name: str, role: str, children: Children, timeout_s: float) -> None:
     """Until the metric ``name`` on a process's /metrics endpoint is above zero (or it has died)."""
+    _wait_for(lambda: scrape(port, (name,)).get(name, 0.0) > 0, lambda: f"{role} not ready ({name} still 0)",
+              children, timeout_s, every_s=0.1)
+
+
+def _wait_for(done: Callable[[], bool], what: Callable[[], str], children: Children, timeout_s: float,
+              every_s: float) -> None:
+    """Poll ``done`` every ``every_s`` until it holds; raise when a child has died or after
+    ``timeout_s`` (the message: ``what()``)."""
     deadline = time.monotonic() + timeout_s
-    while scrape(port, (name,)).get(name, 0.0) <= 0:
+    while not done():
         failed = children.failed()
         if failed:
             raise RuntimeError(f"{', '.join(failed)} exited during start-up; see its log in {children.run_dir}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{role} not ready ({name} still 0) after {timeout_s:.0f}s; see its log in {children.run_dir}")
-        time.sleep(0.1)
+            raise RuntimeError(f"{what()} after {timeout_s:.0f}s; see the logs in {children.run_dir}")
+        time.sleep(every_s)
 
 
 def _write_catalog(settings: Settings, cfg: SimConfig, say) -> None:

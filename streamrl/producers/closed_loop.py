@@ -54,7 +54,7 @@ class RankerWithFallback:
     warm-up runs at the closed loop's own pace. (Drawn locally without the round trip, the random
     slates ran ~3x faster than served ones, and a default demo served 20-38k events of them before
     its first policy; the learned arm's users, whose interests concentrate under good slates,
-    started that much later: in-process, seven seeds, learned/oracle over 200-250k events 0.63
+    started that much later: in-process, eight seeds, learned/oracle over 200-250k events 0.64
     after a 20k-event warm-up against 0.72 after the ~3.4k the learner needs; see
     docs/demo-findings.md.) While the ranker does not answer at all, slates are random without a
     call and ``/readyz`` is asked at most every ``check_every_s``. A failed ``/rank`` (no answer,
