@@ -19,6 +19,8 @@ from typing import Iterable
 
 import numpy as np
 
+from streamrl.sqlite import connect_wal
+
 log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 384
@@ -82,8 +84,7 @@ class TextEmbedder:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = connect_wal(self._db_path, timeout_s=30)
             self._local.db = db
         return db
 

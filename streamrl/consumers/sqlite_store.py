@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
 from typing import Iterator
 
 from streamrl.consumers.store import StateStore
 from streamrl.errors import StaleEpochError
+from streamrl.sqlite import connect_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (ns TEXT, user_id TEXT, data BLOB NOT NULL, PRIMARY KEY (ns, user_id)) WITHOUT ROWID;
@@ -27,8 +27,7 @@ class SQLiteStore(StateStore):
         self.ns = namespace
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = connect_wal(path, timeout_s=60, check_same_thread=False)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=60000")
         self.db.executescript(_SCHEMA)
