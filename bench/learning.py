@@ -22,10 +22,11 @@ them). Last line::
 updates=<n> events=<n> [drift_recovery_ratio=<z> same_request_pre=<x> same_request_post=<x> \
 same_request_recovery=<z> drift_recovery_<arm>=<z> ...]
 
-With ``--drift-at``, :class:`SameRequest` also scores every learned request from 24k events
-before the drift against the best slate of the same candidates for the same user, in expectation
-(``same_request_*``; on stderr per window, and after the drift by how many of the user's history
-items were engaged since it): a low-noise view of where the learned arm loses after a drift.
+With ``--drift-at``, every learned request from 24k events before the drift to 24k after is
+scored against the best slate of the same candidates for the same user, in expectation, as in
+``streamrl demo`` (:class:`~streamrl.producers.closed_loop.SameRequest`; ``same_request_*``, the
+demo's windows), and :class:`SameRequestBreakdown` prints on stderr where the learned arm loses:
+per 4k events, and after the drift by how many of the user's history items were engaged since it.
 
     .venv/bin/python bench/learning.py [--events 250000] [--drift-at 80000] [--set KEY=VALUE ...]
 """
@@ -50,9 +51,9 @@ from streamrl.demo import DEMO_LEARNER, DEMO_SETTINGS, drift_recovery
 from streamrl.learner.config import add_learner_args, config_from_args
 from streamrl.learner.vocab import PAD
 from streamrl.learner.worker import Learner
-from streamrl.producers.closed_loop import arm_policy
+from streamrl.producers.closed_loop import SameRequest, arm_policy
 from streamrl.producers.policies import Ranking
-from streamrl.producers.simulator import SimConfig, Simulator, examination
+from streamrl.producers.simulator import SimConfig, Simulator, slate_reward
 from streamrl.report import CurveRecorder, load_curves, markdown_table, summarize
 from streamrl.serving.explore import sample_slate
 from streamrl.serving.feedback import FeedbackModel, SessionJoin, centred_scores, joined_views
@@ -61,7 +62,7 @@ from streamrl.serving.feedback import FeedbackModel, SessionJoin, centred_scores
 SESSION_LEN, SESSION_MS = 10, 6 * 3600 * 1000
 
 
-class SameRequest:
+class SameRequestBreakdown:
     """The learned arm's slates against the best slate of the same request, around a drift.
 
     The drift figures compare the learned arm's reward with the oracle *arm*'s: two trajectories
@@ -92,8 +93,7 @@ class SameRequest:
         if self.drift_ts is None and self.sim.drifts:
             self.drift_ts = ts
         value = self.sim.expected_reward(user_id, candidates, *self.weights)
-        exam = [examination(p, self.sim.cfg.position_bias) for p in range(len(picked))]
-        slate = lambda order: sum(e * value[n] for e, n in zip(exam, order))
+        slate = lambda order: slate_reward(value, order, self.sim.cfg.position_bias)
         k = len(picked)
         fresh = sum(t >= self.drift_ts for t in history_ts) if self.drift_ts is not None else 0
         self.rows.append((events, slate(picked), slate(np.argsort(-np.asarray(value), kind="stable")[:k]),
@@ -114,10 +114,9 @@ class SameRequest:
         best = sum(r[2] for r in rows)
         return sum(r[col] for r in rows) / best if best else None
 
-    def report(self, drift_at: int, end: int) -> dict[str, float | None]:
+    def report(self, drift_at: int, end: int) -> None:
         """Prints the ratios per 4k events and, after the drift, per 8k events and freshness class
-        (stderr); returns ``same_request_pre`` (the 16k events before the drift),
-        ``same_request_post`` (the 8k ending 20k after it) and their ratio."""
+        (stderr). (The headline ``same_request_*`` figures are the demo's, from the curve.)"""
         f = lambda x: "-" if x is None else f"{x:.2f}"
         print("same request, served/best (policy alone, layer alone) per 4k events from the drift:", file=sys.stderr)
         cells = []
@@ -130,10 +129,6 @@ class SameRequest:
                 f"{name}: {f(self.ratio(a, a + 8000, 1, (lo, hi)))}({f(self.ratio(a, a + 8000, 3, (lo, hi)))},"
                 f"{f(self.ratio(a, a + 8000, 4, (lo, hi)))}) n={len(self._rows(a, a + 8000, (lo, hi)))}"
                 for lo, hi, name in self.CLASSES), file=sys.stderr)
-        pre, post = self.ratio(drift_at - 16_000, drift_at), self.ratio(drift_at + 12_000, drift_at + 20_000)
-        return {"same_request_pre": None if pre is None else round(pre, 4),
-                "same_request_post": None if post is None else round(post, 4),
-                "same_request_recovery": round(post / pre, 4) if pre and post is not None else None}
 
 
 class InProcessLearned:
@@ -158,7 +153,7 @@ class InProcessLearned:
         self.events = self.transitions = 0
         self.owed = 0.0                   # fractional gradient steps carried over
         self.cfg = learner.cfg
-        self.same_request: SameRequest | None = None   # the drift diagnostics (--drift-at)
+        self.same_request: SameRequestBreakdown | None = None   # the drift diagnostics (--drift-at)
 
     # --- the processor and the learner ------------------------------------------------------
     def learn_one(self, ev) -> None:
@@ -326,7 +321,7 @@ def main() -> None:
                                args.warmup_events)
     sim.use_policy(learned)
     if args.drift_at:
-        learned.same_request = SameRequest(sim, max(0, args.drift_at[0] - 24_000),
+        learned.same_request = SameRequestBreakdown(sim, max(0, args.drift_at[0] - 24_000),
                                            (settings.reward_click, settings.reward_purchase))
 
     arms = {"learned": sim}
@@ -337,6 +332,8 @@ def main() -> None:
     t0 = time.monotonic()
     for arm, s in arms.items():
         rec = CurveRecorder(curves, arm, weights)
+        if arm == "learned":   # the demo's same-request figures (around the drift)
+            s.on_slate = SameRequest.around_drift(s, rec, weights)
         for n, ev in enumerate(s.events(args.events), 1):
             rec.learn_one(ev)
             if n % 25_000 == 0:
@@ -356,7 +353,8 @@ def main() -> None:
            "events": args.events}
     if args.drift_at:
         fig["drift_recovery_ratio"] = summary.get("drift_recovery_ratio")
-        fig.update(learned.same_request.report(args.drift_at[0], args.events))
+        learned.same_request.report(args.drift_at[0], args.events)
+        fig.update({k: summary.get(k) for k in ("same_request_pre", "same_request_post", "same_request_recovery")})
         for arm, ratio in (summary.get("drift_recovery_by_arm") or {}).items():
             if arm != "learned":  # the baselines' own after/before ratio: the yardstick
                 fig[f"drift_recovery_{arm}"] = ratio

@@ -10,7 +10,8 @@ and writes to the run directory:
   (the plot and the table, also ``streamrl report RUN_DIR``);
 - ``summary.json`` — the figures: ``reward_vs_oracle``, ``reward_vs_popularity`` (learned reward
   per view over the last 20% of events over the baseline's, same event range),
-  ``freshness_p50_s``/``freshness_p99_s``, ``drift_recovery_ratio`` (with ``--drift-at``), ...
+  ``freshness_p50_s``/``freshness_p99_s``, ``drift_recovery_ratio`` and ``same_request_recovery``
+  (with ``--drift-at``; :func:`drift_recovery`), ...
 - one log per process.
 
 Freshness of an event: wall time from its production to the first moment the simulator was
@@ -257,6 +258,14 @@ def _oracle_ratio(arms: dict[str, list[dict]], start: int, end: int, arm: str = 
     return rate / oracle if oracle else None
 
 
+def _same_request_ratio(rows: list[dict], start: int, end: int) -> float | None:
+    """Served over best slate value (:class:`~streamrl.producers.closed_loop.SameRequest`) of the
+    requests scored in the windows ending in (start, end] events; None where none was scored."""
+    rows = [r for r in rows if start < r["events"] <= end and r.get("scored")]
+    best = sum(r["best_value"] for r in rows)
+    return sum(r["served_value"] for r in rows) / best if best else None
+
+
 def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20_000,
                    span: int = 8_000) -> dict[str, Any]:
     """Learned/oracle reward ratio before a drift, and how much of it is back ``horizon`` events later.
@@ -268,7 +277,10 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
     baselines come back in the same window: the yardstick of the learned arm's figure).
     ``pre_drift_vs_random``: the learned arm's pre-drift reward over the random arm's; near 1 the
     learned policy had not learned anything yet when the drift came, and the recovery ratio
-    says nothing (a policy that knows nothing loses nothing).
+    says nothing (a policy that knows nothing loses nothing). ``same_request_pre``/``_post``/
+    ``_recovery``: the same windows and ratio, with each learned request's served slate scored
+    against the best slate of the same request in expectation (curve rows with ``scored``): the
+    policy's own ratio, without the +-0.1-0.2 that two trajectories of the world add per window.
 
     >>> rows = lambda rate: [{"events": e, "views": 1000, "reward": rate(e) * 1000, "clicks": 0} for e in range(1000, 41_000, 1000)]
     >>> arms = {"oracle": rows(lambda e: 0.2), "learned": rows(lambda e: 0.1 if e <= 20_000 else 0.05),
@@ -276,8 +288,13 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
     >>> out = drift_recovery(arms, 20_000)
     >>> out["pre_drift_oracle_ratio"], out["drift_recovery_ratio"], out["drift_recovery_by_arm"]
     (0.5, 0.5, {'learned': 0.5, 'random': 1.0})
-    >>> out["pre_drift_vs_random"]
-    5.0
+    >>> out["pre_drift_vs_random"], "same_request_recovery" in out
+    (5.0, False)
+    >>> for r in arms["learned"]:   # each window's requests scored: 0.8 of their best slates, 0.72 after
+    ...     r.update(scored=10, best_value=10.0, served_value=8.0 if r["events"] <= 20_000 else 7.2)
+    >>> out = drift_recovery(arms, 20_000)
+    >>> out["same_request_pre"], out["same_request_post"], out["same_request_recovery"]
+    (0.8, 0.72, 0.9)
     """
     if "learned" not in arms or "oracle" not in arms or not arms["learned"]:
         return {}
@@ -298,6 +315,10 @@ def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20
     post = _oracle_ratio(arms, *after)
     out["post_drift_oracle_ratio"] = None if post is None else round(post, 4)
     out["drift_recovery_ratio"] = by_arm["learned"]
+    sr_pre, sr_post = (_same_request_ratio(arms["learned"], *w) for w in (before, after))
+    if sr_pre and sr_post is not None:
+        out.update(same_request_pre=round(sr_pre, 4), same_request_post=round(sr_post, 4),
+                   same_request_recovery=round(sr_post / sr_pre, 4))
     out["drift_recovered_after_events"] = None
     for row in arms["learned"]:
         end = row["events"]
@@ -643,7 +664,8 @@ def render(summary: dict[str, Any], run_dir: Path) -> str:
     for k in KEY_FIGURES + ("events", "closed_loop_events_per_s", "warmup_events", "policy_version", "freshness_samples",
                             "freshness_unserved", "transition_lag_p50_s", "transition_lag_p99_s",
                             "pre_drift_oracle_ratio", "post_drift_oracle_ratio", "drift_recovered_after_events",
-                            "pre_drift_vs_random", "drift_recovery_by_arm", "seconds"):
+                            "pre_drift_vs_random", "drift_recovery_by_arm", "same_request_pre", "same_request_post",
+                            "same_request_recovery", "seconds"):
         if k in summary:
             v = summary[k]
             lines.append(f"{k:>30}: {'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else v}")

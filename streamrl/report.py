@@ -33,6 +33,15 @@ class CurveRecorder:
         self.views = self.clicks = self.purchases = 0
         self.reward = 0.0
         self.version: int | None = None
+        self.scored, self.served_value, self.best_value = 0, 0.0, 0.0
+
+    def add_slate_values(self, served: float, best: float) -> None:
+        """One request's served slate and the best slate of its candidates, in expected reward
+        (:class:`~streamrl.producers.closed_loop.SameRequest`): summed per window as
+        ``served_value``/``best_value`` (with ``scored``, the requests), for the same-request figures."""
+        self.scored += 1
+        self.served_value += served
+        self.best_value += best
 
     def learn_one(self, ev: Event) -> None:
         """Count one event (river's verb: the recorder is an online statistic)."""
@@ -55,6 +64,8 @@ class CurveRecorder:
         row = {"arm": self.arm, "events": self.events, "views": self.views, "reward": self.reward,
                "clicks": self.clicks, "purchases": self.purchases, "policy_version": self.version,
                "wall": time.time()}
+        if self.scored:
+            row.update(scored=self.scored, served_value=round(self.served_value, 6), best_value=round(self.best_value, 6))
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         self._reset()

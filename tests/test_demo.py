@@ -59,6 +59,11 @@ def test_short_demo_closes_the_loop_and_reports(demo_run, settings):
     # window that ended before it carries a version
     assert 0 < summary["warmup_events"] < summary["events"]
     assert not any(r["policy_version"] for r in curves["learned"] if r["events"] <= summary["warmup_events"])
+    # around the drift (here: the whole run) each learned slate was scored against the best slate
+    # of its request, in expectation (the same-request figures)
+    scored = [r for r in curves["learned"] if r.get("scored")]
+    assert len(scored) == len(curves["learned"])
+    assert all(0 < r["served_value"] <= r["best_value"] * (1 + 1e-9) for r in scored)
 
     # freshness came from snapshot metadata (trained offsets) and the produce times
     assert summary["freshness_samples"] > 0

@@ -6,6 +6,8 @@ ranker has a verified policy loaded, and whenever it fails to answer); their vie
 purchases go to Kafka, where the processor, learner and ranker close the loop. It records the
 arm's reward curve, the wall time each event was produced and the wall time each policy version
 was first served (what freshness is measured from), and a status file others pace themselves by.
+Around an interest drift it also scores each slate against the best slate of the same request
+(:class:`SameRequest`: the low-noise drift figures).
 
 **Baseline arms** (:func:`run_arms`, ``streamrl baselines``): the same simulated world (same
 :class:`SimConfig`, seed, users, drift points) served in-process by the oracle, a river online
@@ -29,7 +31,7 @@ import numpy as np
 from streamrl.config import Settings
 from streamrl.producers.http_policy import HttpRankerPolicy, RankerNotReady, RankerUnavailable
 from streamrl.producers.policies import Policy, PopularityPolicy, RandomPolicy, Ranking
-from streamrl.producers.simulator import SimConfig, Simulator
+from streamrl.producers.simulator import SimConfig, Simulator, slate_reward
 from streamrl.report import CurveRecorder
 
 log = logging.getLogger(__name__)
@@ -201,6 +203,44 @@ def read_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
+class SameRequest:
+    """Scores an arm's slates against the best slate of the same request, in expectation, into its curve.
+
+    The drift figures compare the learned arm's reward with the oracle *arm*'s: two trajectories
+    of the simulated world, whose ratio over a few thousand events moves by +-0.1-0.2 from one
+    window to the next. Here each request served while the recorder's event count is in
+    [``start``, ``end``) is scored with the simulator's own click and purchase probabilities for
+    the same user state (:meth:`Simulator.expected_reward`, each slot's examination): the slate
+    served and the best slate of the same candidates (the oracle arm's ranking rule), summed per
+    curve window (:meth:`CurveRecorder.add_slate_values`). Their ratio is the policy's, not two
+    trajectories': ``same_request_*`` in :func:`streamrl.demo.drift_recovery`. Install as the
+    simulator's :attr:`~Simulator.on_slate`.
+    """
+
+    def __init__(self, sim: Simulator, recorder: CurveRecorder, weights: dict[str, float], start: int,
+                 end: int) -> None:
+        self.sim, self.recorder, self.start, self.end = sim, recorder, start, end
+        self.weights = (weights["click"], weights["purchase"])
+
+    def __call__(self, user_id: str, candidates: list[str], slate: list[str]) -> None:
+        if not self.start <= self.recorder.events < self.end:
+            return
+        values = self.sim.expected_reward(user_id, candidates, *self.weights)
+        index = {c: n for n, c in enumerate(candidates)}
+        served = [index[i] for i in slate if i in index]
+        best = sorted(range(len(values)), key=lambda n: -values[n])[:len(slate)]
+        bias = self.sim.cfg.position_bias
+        self.recorder.add_slate_values(slate_reward(values, served, bias), slate_reward(values, best, bias))
+
+    @classmethod
+    def around_drift(cls, sim: Simulator, recorder: CurveRecorder, weights: dict[str, float],
+                     before: int = 24_000, after: int = 24_000) -> "SameRequest | None":
+        """A scorer for the requests from ``before`` events before the simulator's first drift to
+        ``after`` events after it (None without a drift): the windows the drift figures read."""
+        drift = min(sim.cfg.drift_at, default=None)
+        return None if drift is None else cls(sim, recorder, weights, max(0, drift - before), drift + after)
+
+
 def run_closed_loop(settings: Settings, cfg: SimConfig, max_events: int, ranker_url: str,
                     run_dir: str | os.PathLike, max_seconds: float | None = None, rate: float = 0.0,
                     window: int = 2000, stop: threading.Event | None = None, concurrency: int = 8) -> dict[str, Any]:
@@ -222,6 +262,7 @@ def run_closed_loop(settings: Settings, cfg: SimConfig, max_events: int, ranker_
                                 concurrency=concurrency)
     sim = Simulator(cfg, policy=policy)
     recorder = CurveRecorder(run_dir / CURVES, "learned", reward_weights(settings), window)
+    sim.on_slate = SameRequest.around_drift(sim, recorder, reward_weights(settings))
     produced = np.full(max_events, np.nan)
     ensure_topics(settings, ["events.view", "events.click", "events.purchase"])
     started = last_status = time.monotonic()

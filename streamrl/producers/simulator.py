@@ -35,7 +35,7 @@ import sys
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -124,6 +124,20 @@ def examination(position: int, bias: float) -> float:
     return 1.0 / (1.0 + position) ** bias
 
 
+def slate_reward(values: list[float], order, bias: float) -> float:
+    """Expected reward of a slate: the candidates at ``order`` (indices, top first), each worth
+    ``values[n]`` at the top slot (:meth:`Simulator.expected_reward`), times its slot's examination.
+
+    >>> slate_reward([1.0, 2.0, 4.0], [2, 0], 1.0)
+    4.5
+    """
+    return sum(examination(p, bias) * values[n] for p, n in enumerate(order))
+
+
+#: What :attr:`Simulator.on_slate` is called with: user id, candidates, the slate served (ranked ids).
+SlateHook = Callable[[str, list[str], list[str]], None]
+
+
 class Simulator:
     """Users browsing feeds; :meth:`events` yields their views, clicks and purchases.
 
@@ -136,6 +150,9 @@ class Simulator:
         cfg.validate()
         self._external_policy = policy
         self.policy: Policy = policy or make_policy(cfg.policy, cfg.seed)
+        #: Called with every request's user, candidates and served slate (:data:`SlateHook`), as it is
+        #: served: the closed loop scores the learned arm's slates with it (:class:`SameRequest`).
+        self.on_slate: SlateHook | None = None
         self.topics = TOPICS[:cfg.n_topics]
         self.item_ids = [f"i{n}" for n in range(cfg.n_items)]
         self.user_ids = [f"u{n}" for n in range(cfg.n_users)]
@@ -177,7 +194,7 @@ class Simulator:
         self._requests = [0] * n  # requests so far in the current session (0: between sessions)
         self._satisfaction = [0.0] * n
         self._pending: list[list[int]] = [[] for _ in range(n)]  # each user's scheduled clicks/purchases (ts)
-        self._in_flight: dict[int, Future] = {}   # user -> their next request, sent ahead (submit)
+        self._in_flight: dict[int, tuple[Future, list[str]]] = {}   # user -> next request sent ahead (submit), candidates
         self.drifts = 0
 
     def catalog_items(self) -> list[dict[str, Any]]:
@@ -300,8 +317,8 @@ class Simulator:
         self._pending[u].append(ev.ts)
         self._push(heap, ev.ts, _EVENT, (u, ev))
 
-    def _slate(self, u: int, t: int, heap: list) -> tuple[Ranking, int | None, str | None]:
-        """User ``u``'s slate at ``t`` with the version and request id that served it.
+    def _slate(self, u: int, t: int, heap: list) -> tuple[Ranking, int | None, str | None, list[str]]:
+        """User ``u``'s slate at ``t`` with the version and request id that served it, and the candidates.
 
         A policy with ``submit`` (the closed loop's ranking service) is asked for the next
         ``concurrency`` requests at once, as a service's many clients would: the requests due next on
@@ -313,16 +330,18 @@ class Simulator:
         submit = getattr(policy, "submit", None)
         args = lambda v, ts: (self.user_ids[v], self._rng.sample(self.item_ids, cfg.n_candidates), cfg.slate_size, ts)
         if submit is None:
-            return policy.rank(*args(u, t)), policy.version, getattr(policy, "last_request_id", None)
-        fut = self._in_flight.pop(u, None) or submit(*args(u, t))
+            a = args(u, t)
+            return policy.rank(*a), policy.version, getattr(policy, "last_request_id", None), a[1]
+        send = lambda v, ts: (lambda a: (submit(*a), a[1]))(args(v, ts))
+        fut, candidates = self._in_flight.pop(u, None) or send(u, t)
         ahead = max(1, int(getattr(policy, "concurrency", 1)))
         if len(self._in_flight) < (ahead + 1) // 2:  # refill in bursts: scanning the heap costs
             for ts, _, kind, v in heapq.nsmallest(3 * ahead, heap):
                 if len(self._in_flight) >= ahead - 1:
                     break
                 if kind == _REQUEST and v not in self._in_flight and not any(p < ts for p in self._pending[v]):
-                    self._in_flight[v] = submit(*args(v, ts))
-        return fut.result()
+                    self._in_flight[v] = send(v, ts)
+        return (*fut.result(), candidates)
 
     def _request(self, u: int, t: int, heap: list) -> list[Event]:
         """Serve user ``u`` a slate at ``t``: return its views, schedule clicks and what comes next."""
@@ -332,7 +351,9 @@ class Simulator:
             self._satisfaction[u] = 0.0
         self._requests[u] += 1
         uid = self.user_ids[u]
-        slate, version, rid = self._slate(u, t, heap)
+        slate, version, rid, candidates = self._slate(u, t, heap)
+        if self.on_slate is not None:          # before this request's clicks move the user's interests
+            self.on_slate(uid, candidates, [i for i, _ in slate])
         # a ranking service names its requests (so decisions join to views); built-ins do not
         rid = rid or f"s{cfg.seed}-q{self._n_requests}"
         self._n_requests += 1

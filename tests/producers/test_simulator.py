@@ -333,3 +333,44 @@ def test_event_sink_close_does_not_wait_minutes_for_a_broker_that_is_gone(tmp_pa
     sink.send(Event("e1", "view", "u1", "i2", 2))
     with pytest.raises(BrokerError, match="still queued after 1s were not delivered"):
         sink.close()
+
+
+def test_each_slate_around_a_drift_is_scored_against_the_best_slate_of_its_request(tmp_path):
+    """The simulator hands every request's user, candidates and slate to ``on_slate`` as it is
+    served, without changing the world (the same events with and without); ``SameRequest`` sums,
+    per curve window, the served slate's and the best slate's expected reward for the requests
+    from ``before`` events before the drift to ``after`` after it: the oracle's slates are the best
+    of their requests, random slates far below."""
+    from streamrl.config import Settings
+    from streamrl.producers.closed_loop import SameRequest, arm_policy, reward_weights
+    from streamrl.report import CurveRecorder, load_curves
+
+    cfg = SimConfig(seed=5, n_users=100, n_items=200, n_candidates=40, drift_at=[6000])
+    weights = reward_weights(Settings())
+    plain = [e.to_dict() for e in Simulator(cfg).events(12_000)]
+    ratios = {}
+    for arm in ("oracle", "random"):
+        sim = Simulator(cfg)
+        sim.use_policy(arm_policy(arm, sim, Settings()))
+        rec = CurveRecorder(tmp_path / "curves.jsonl", arm, weights, window=1000)
+        sim.on_slate = SameRequest.around_drift(sim, rec, weights, before=3000, after=3000)
+        events = []
+        for ev in sim.events(12_000):
+            rec.learn_one(ev)
+            events.append(ev.to_dict())
+        rec.flush()
+        if arm == "random":
+            assert events == plain                                       # the hook changes nothing
+        rows = load_curves(tmp_path / "curves.jsonl")[arm]
+        scored = [r for r in rows if r.get("scored")]
+        # requests at 3000-8999 events, in the windows ending at 4000-9000 (a window's row is
+        # written at its last event, before the next request)
+        assert [r["events"] for r in scored] == list(range(4000, 9001, 1000))
+        assert all(0 < r["served_value"] <= r["best_value"] * (1 + 1e-9) for r in scored)
+        first_view = {}
+        for n, e in enumerate(events):
+            if e["type"] == "view":
+                first_view.setdefault(e["request_id"], n)
+        assert sum(r["scored"] for r in scored) == sum(3000 <= n < 9000 for n in first_view.values())
+        ratios[arm] = sum(r["served_value"] for r in scored) / sum(r["best_value"] for r in scored)
+    assert ratios["oracle"] == pytest.approx(1.0) and ratios["random"] < 0.6
