@@ -302,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--arms", default="oracle,river,popularity,random",
                     help="baseline arms, comma list ('' for none) [default: oracle,river,popularity,random]")
     dm.add_argument("--run-dir", default=None, help="where the run's files go [default: runs/demo-<time>]")
-    dm.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    dm.add_argument("--json", action="store_true",
+                    help="print the summary as one JSON object (reward_vs_oracle, reward_vs_popularity, freshness_p50_s, "
+                         "freshness_p99_s; with --drift-at also drift_recovery_ratio and same_request_recovery; "
+                         "the README's demo section lists every key)")
     dm.add_argument("--quiet", action="store_true", help="no live progress on stderr")
     add_settings_args(dm, KAFKA_FLAGS + ["attribution_window_ms", "idle_timeout_ms", "commit_interval_ms",
                                          "history_len", "reward_view", "reward_click", "reward_purchase",
