@@ -114,6 +114,7 @@ class EventProcessor:
         self.summary = Summary()
         self._sends: list = []  # futures of records produced since the last checkpoint
         self._stopping = False
+        self._revoke_failed: DeliveryFailed | None = None   # a revoked partition's flush the broker did not acknowledge
         self._last_checkpoint = time.monotonic()
         ensure_topics(settings)
         self.producer = make_producer(settings)
@@ -136,6 +137,8 @@ class EventProcessor:
         try:
             while not self._stopping:
                 batch = self.consumer.poll(timeout_ms=100, max_records=self.s.poll_max_records)
+                if self._revoke_failed is not None:   # as a failed flush in checkpoint(): stop, uncommitted
+                    raise self._revoke_failed
                 now = time.monotonic()
                 if batch:
                     last_record = now
@@ -159,6 +162,8 @@ class EventProcessor:
                     self._drain()
                     break
             self.checkpoint()
+            if self._revoke_failed is not None:
+                raise self._revoke_failed
         finally:
             self.summary.seconds = time.monotonic() - start
             self.close()
@@ -382,7 +387,16 @@ class EventProcessor:
         if not gone:
             return
         log.info("partitions revoked: %s", gone)
-        self.checkpoint(gone, in_rebalance=True)
+        try:
+            self.checkpoint(gone, in_rebalance=True)
+        except DeliveryFailed as e:
+            # raised here it would reach the caller as kafka-python's "User rebalance callback
+            # throws an error", the reason lost (and from close(), in place of the error the
+            # processor was stopping with). The partitions' state stays at its last commit, from
+            # which their next owner replays; run() stops on it after the poll.
+            log.error("partitions %s revoked with produced records not acknowledged: their state stays at the "
+                      "last commit: %s", gone, e)
+            self._revoke_failed = self._revoke_failed or e
         self._forget(gone)
 
     def _forget(self, partitions: list[int]) -> None:

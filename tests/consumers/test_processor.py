@@ -1,6 +1,7 @@
 """Integration tests of the event processor against the real embedded broker and real stores."""
 
 import json
+import logging
 from pathlib import Path
 import random
 import time
@@ -218,3 +219,43 @@ def test_processor_asked_to_stop_after_its_broker_died_stops_in_bounded_time(tmp
     t.join(timeout=25)   # bounded: 1 s per wait on the broker, not minutes
     assert not t.is_alive(), "the processor did not stop after its broker died"
     assert all("not acknowledged" in str(e) for e in errors), errors
+
+
+def test_a_revoked_partitions_unacknowledged_flush_stops_the_processor_with_its_reason(tmp_path, caplog):
+    """Partitions revoked (a rebalance, or the consumer's close) after the broker died: their last
+    flush is not acknowledged. The listener does not raise into kafka-python (which would replace
+    the reason with "User rebalance callback throws an error", and from close() the error the
+    processor was stopping with, as CI once saw); it logs, forgets the partitions uncommitted, and
+    the processor stops with the reason."""
+    from kafka import TopicPartition
+
+    from streamrl.config import Settings
+    from streamrl.consumers.processor import _Rebalance
+    from streamrl.errors import DeliveryFailed
+    from streamrl.kafka import EmbeddedBroker, ensure_topics
+
+    broker = EmbeddedBroker().start()
+    try:
+        s = Settings.from_env(bootstrap_servers=broker.bootstrap_servers, topic_prefix="revoked.", group_id="revoked",
+                              state_store=f"sqlite:///{tmp_path}/state.db", commit_interval_ms=60_000,
+                              stop_timeout_s=1.0)
+        ensure_topics(s)
+        produce(s, synthetic_log(40_000, n_users=300, n_items=200, seed=3))
+        proc = EventProcessor(s)
+        revoked = []
+
+        def revoke_once_the_broker_is_gone(p: EventProcessor) -> None:
+            if revoked or not p.out or sum(len(b) for b in p.out.values()) < 500:
+                return
+            broker.stop()                          # transitions not flushed yet go nowhere
+            p.stop()
+            revoked.extend(p.parts)
+            _Rebalance(p).on_partitions_revoked({TopicPartition(s.event_topics["view"], n) for n in revoked})
+
+        with caplog.at_level(logging.ERROR, logger="streamrl.consumers.processor"):
+            with pytest.raises(DeliveryFailed, match="not acknowledged"):
+                proc.run(on_batch=revoke_once_the_broker_is_gone)
+    finally:
+        broker.stop()
+    assert revoked and not proc.parts                                 # forgotten, not committed
+    assert "revoked with produced records not acknowledged" in caplog.text
