@@ -53,7 +53,7 @@ from streamrl.learner.vocab import PAD
 from streamrl.learner.worker import Learner
 from streamrl.producers.closed_loop import SameRequest, arm_policy
 from streamrl.producers.policies import Ranking
-from streamrl.producers.simulator import SimConfig, Simulator, slate_reward
+from streamrl.producers.simulator import SimConfig, Simulator, best_order, slate_reward
 from streamrl.report import CurveRecorder, load_curves, markdown_table, summarize
 from streamrl.serving.explore import sample_slate
 from streamrl.serving.feedback import FeedbackModel, SessionJoin, centred_scores, joined_views
@@ -96,7 +96,7 @@ class SameRequestBreakdown:
         slate = lambda order: slate_reward(value, order, self.sim.cfg.position_bias)
         k = len(picked)
         fresh = sum(t >= self.drift_ts for t in history_ts) if self.drift_ts is not None else 0
-        self.rows.append((events, slate(picked), slate(np.argsort(-np.asarray(value), kind="stable")[:k]),
+        self.rows.append((events, slate(picked), slate(best_order(value, k)),
                           slate(np.argsort(-policy_scores, kind="stable")[:k]),
                           # the layer's ranking where it corrects (off, its matrix is zero)
                           slate(np.argsort(-corr, kind="stable")[:k]) if corr is not None and corr.any() else None,

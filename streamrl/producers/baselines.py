@@ -18,6 +18,7 @@ from typing import Any
 from river import linear_model, optim
 
 from streamrl.producers.policies import Ranking
+from streamrl.producers.simulator import best_order
 from streamrl.schema import Event
 
 
@@ -85,5 +86,5 @@ class OraclePolicy:
 
     def rank(self, user_id: str, candidates: list[str], k: int, ts: int) -> Ranking:
         value = self.sim.expected_reward(user_id, candidates, self.click_weight, self.purchase_weight)
-        order = sorted(range(len(candidates)), key=lambda n: (-value[n], n))[:k]
+        order = best_order(value, k)
         return [(candidates[n], 1.0) for n in order]

@@ -31,7 +31,7 @@ import numpy as np
 from streamrl.config import Settings
 from streamrl.producers.http_policy import HttpRankerPolicy, RankerNotReady, RankerUnavailable
 from streamrl.producers.policies import Policy, PopularityPolicy, RandomPolicy, Ranking
-from streamrl.producers.simulator import SimConfig, Simulator, slate_reward
+from streamrl.producers.simulator import SimConfig, Simulator, best_order, slate_reward
 from streamrl.report import CurveRecorder
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class SameRequest:
         values = self.sim.expected_reward(user_id, candidates, *self.weights)
         index = {c: n for n, c in enumerate(candidates)}
         served = [index[i] for i in slate if i in index]
-        best = sorted(range(len(values)), key=lambda n: -values[n])[:len(slate)]
+        best = best_order(values, len(slate))
         bias = self.sim.cfg.position_bias
         self.recorder.add_slate_values(slate_reward(values, served, bias), slate_reward(values, best, bias))
 

@@ -134,6 +134,16 @@ def slate_reward(values: list[float], order, bias: float) -> float:
     return sum(examination(p, bias) * values[n] for p, n in enumerate(order))
 
 
+def best_order(values: list[float], k: int) -> list[int]:
+    """The best slate of ``k`` from candidates worth ``values`` at the top slot: the indices by value,
+    ties to the earlier candidate (the oracle's ranking rule; by :func:`slate_reward` no order does better).
+
+    >>> best_order([1.0, 4.0, 2.0, 4.0], 3)
+    [1, 3, 2]
+    """
+    return sorted(range(len(values)), key=lambda n: (-values[n], n))[:k]
+
+
 #: What :attr:`Simulator.on_slate` is called with: user id, candidates, the slate served (ranked ids).
 SlateHook = Callable[[str, list[str], list[str]], None]
 
@@ -332,7 +342,11 @@ class Simulator:
         if submit is None:
             a = args(u, t)
             return policy.rank(*a), policy.version, getattr(policy, "last_request_id", None), a[1]
-        send = lambda v, ts: (lambda a: (submit(*a), a[1]))(args(v, ts))
+
+        def send(v: int, ts: int) -> tuple[Future, list[str]]:
+            a = args(v, ts)
+            return submit(*a), a[1]
+
         fut, candidates = self._in_flight.pop(u, None) or send(u, t)
         ahead = max(1, int(getattr(policy, "concurrency", 1)))
         if len(self._in_flight) < (ahead + 1) // 2:  # refill in bursts: scanning the heap costs
