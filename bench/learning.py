@@ -131,6 +131,71 @@ class SameRequestBreakdown:
                 for lo, hi, name in self.CLASSES), file=sys.stderr)
 
 
+class InformedSlates:
+    """A diagnostic upper bound (``--informed GROUP:SLATE``): after a drift, the requests of one
+    group of users are served a slate made from the simulator's knowledge, every other request as
+    the release serves it, so the drift figures say what knowing that group would be worth.
+
+    Groups, by the user's history items engaged since the drift: ``stale`` (none), ``1-2``.
+    Slates: ``best`` (the best slate of the request, the oracle's rule), ``affinity`` (ranked by
+    the user's current topic affinity alone: no quality, no clickbait), ``map`` (ranked by the
+    affinity of interests read off the history from before the drift, its items' topics moved by
+    the drift's shift: a perfect map of old topics to new ones), ``map3`` (that map for the three
+    most common topics only, the users' current mean interests for the rest: about what the
+    population's evidence could tell). ``start``: ``drift`` (from the first request after it) or
+    ``fall`` (once the feedback layer has flagged the fall).
+    """
+
+    GROUPS = {"stale": (0, 0), "1-2": (1, 2)}
+    SLATES = ("best", "affinity", "map", "map3")
+
+    def __init__(self, sim: Simulator, spec: str, start: str, weights: tuple[float, float]) -> None:
+        group, slate = self.parse(spec)
+        if start not in ("drift", "fall"):
+            raise ValueError(f"--informed-from is drift or fall, not {start!r}")
+        self.sim, self.fresh, self.slate, self.start, self.weights = sim, self.GROUPS[group], slate, start, weights
+
+    @classmethod
+    def parse(cls, spec: str) -> tuple[str, str]:
+        """``GROUP:SLATE`` as its two names (ValueError if either is unknown)."""
+        group, _, slate = spec.partition(":")
+        if group not in cls.GROUPS or slate not in cls.SLATES:
+            raise ValueError(f"--informed wants GROUP:SLATE, GROUP one of {sorted(cls.GROUPS)}, SLATE one of "
+                             f"{list(cls.SLATES)} (got {spec!r})")
+        return group, slate
+
+    def order(self, user_id: str, candidates: list[str], history: list[str], times: list[int], k: int,
+              drift_ts: int | None, fallen: bool) -> np.ndarray | None:
+        """The informed slate's candidate indices, or None where the request is not the group's."""
+        if drift_ts is None or (self.start == "fall" and not fallen):
+            return None
+        lo, hi = self.fresh
+        if not lo <= sum(t >= drift_ts for t in times) <= hi:
+            return None
+        sim = self.sim
+        if self.slate == "best":
+            value = sim.expected_reward(user_id, candidates, *self.weights)
+        elif self.slate == "affinity":
+            value = sim.true_affinity(user_id, candidates)
+        else:
+            value = sim.affinity_under(self._mapped([h for h, t in zip(history, times) if t < drift_ts]), candidates)
+        return np.asarray(best_order(value, min(k, len(candidates))))
+
+    def _mapped(self, history: list[str]) -> list[float]:
+        """Interests over topics read off ``history`` (its items' topics), moved by the drifts' shifts."""
+        sim = self.sim
+        k = sim.cfg.n_topics
+        shift = sum(sim.shifts) % k
+        counts = np.bincount([t for t in sim.item_topics(history) if t >= 0], minlength=k).astype(np.float64)
+        old = counts / max(counts.sum(), 1.0)
+        if self.slate == "map":
+            return np.roll(old, -shift).tolist()      # the simulator's rotation: new interest j = old j + shift
+        common = np.argsort(-np.asarray(sim.topic_popularity))[:3]
+        theta = np.asarray(sim.mean_interests()) * old[np.setdiff1d(np.arange(k), common)].sum()
+        theta[(common - shift) % k] += old[common]
+        return theta.tolist()
+
+
 class InProcessLearned:
     """The learned arm as a simulator policy: join events into transitions, train, serve."""
 
@@ -154,6 +219,7 @@ class InProcessLearned:
         self.owed = 0.0                   # fractional gradient steps carried over
         self.cfg = learner.cfg
         self.same_request: SameRequestBreakdown | None = None   # the drift diagnostics (--drift-at)
+        self.informed: InformedSlates | None = None                # --informed: a group served from the simulator
 
     # --- the processor and the learner ------------------------------------------------------
     def learn_one(self, ev) -> None:
@@ -234,8 +300,15 @@ class InProcessLearned:
         if corr is not None:              # as the ranker: a user with nothing since the fall gets a diverse slate
             scores = self.feedback.diversify(scores + corr, candidates, times, k)
         s = self.settings  # exploration as the ranker draws it
-        picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
-                                     temperature=s.serve_temperature, pool=s.serve_softmax_pool)
+        informed = None
+        if self.informed is not None:
+            informed = self.informed.order(user_id, candidates, hist, times, k, self.same_request.drift_ts,
+                                           self.feedback is not None and self.feedback.split_ts is not None)
+        if informed is not None:
+            picked, props = informed, np.ones(len(informed))
+        else:
+            picked, props = sample_slate(scores, k, s.serve_exploration, self.rng, epsilon=s.serve_epsilon,
+                                         temperature=s.serve_temperature, pool=s.serve_softmax_pool)
         if self.session is not None:
             self.session.served(user_id, hist, [candidates[n] for n in picked], recent,
                                 centred_scores(policy_scores, picked, len(picked)), times)
@@ -277,8 +350,23 @@ def main() -> None:
     ap.add_argument("--warmup-events", type=int, default=0,
                     help="random slates until this many events, whatever the learner has: the demo's warm-up "
                          "before its first snapshot is served (its summary's warmup_events) [0]")
+    ap.add_argument("--informed", default=None, metavar="GROUP:SLATE",
+                    help="a diagnostic upper bound (with --drift-at): after the drift, serve GROUP (stale: users "
+                         "with nothing engaged since it; 1-2: one or two items) a SLATE from the simulator's "
+                         "knowledge: best, affinity, map (their history's topics moved by the drift's shift) or "
+                         "map3 (that for the three most common topics, the users' mean interests for the rest); "
+                         "see InformedSlates")
+    ap.add_argument("--informed-from", choices=("drift", "fall"), default="drift",
+                    help="--informed from the drift or from the feedback layer's flagged fall [drift]")
     ap.add_argument("--out", default=None, help="run directory for curves.jsonl/report [a temp dir]")
     args = ap.parse_args()
+    if args.informed:
+        if not args.drift_at:
+            ap.error("--informed needs --drift-at")
+        try:
+            InformedSlates.parse(args.informed)
+        except ValueError as e:
+            ap.error(str(e))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -323,6 +411,9 @@ def main() -> None:
     if args.drift_at:
         learned.same_request = SameRequestBreakdown(sim, max(0, args.drift_at[0] - 24_000),
                                            (settings.reward_click, settings.reward_purchase))
+    if args.informed:
+        learned.informed = InformedSlates(sim, args.informed, args.informed_from,
+                                          (settings.reward_click, settings.reward_purchase))
 
     arms = {"learned": sim}
     for arm in [a for a in args.arms.split(",") if a]:

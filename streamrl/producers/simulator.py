@@ -206,6 +206,7 @@ class Simulator:
         self._pending: list[list[int]] = [[] for _ in range(n)]  # each user's scheduled clicks/purchases (ts)
         self._in_flight: dict[int, tuple[Future, list[str]]] = {}   # user -> next request sent ahead (submit), candidates
         self.drifts = 0
+        self.shifts: list[int] = []      # each drift's topic shift so far (new interest j = old j + shift)
 
     def catalog_items(self) -> list[dict[str, Any]]:
         """The catalog file's items: ``item_id, title, category, description`` (no hidden fields)."""
@@ -227,6 +228,27 @@ class Simulator:
         theta = self._theta[self._user_index[user_id]]
         index = self._item_index
         return [self._affinity(theta, index[i]) if i in index else 0.0 for i in item_ids]
+
+    def item_topics(self, item_ids: list[str]) -> list[int]:
+        """Oracle: each item's primary topic index (-1 for unknown items)."""
+        index = self._item_index
+        return [self._primary[index[i]] if i in index else -1 for i in item_ids]
+
+    def affinity_under(self, theta: list[float], item_ids: list[str]) -> list[float]:
+        """Oracle: the affinity of each item for interests ``theta`` over topics (the rule of
+        :meth:`true_affinity`, for interests a diagnostic supposes); 0 for unknown items.
+
+        >>> sim = Simulator(SimConfig(n_users=2, n_topics=3))
+        >>> theta = sim.mean_interests()
+        >>> sim.affinity_under(theta, ["i0", "zz"])[1], round(sum(theta), 6)
+        (0.0, 1.0)
+        """
+        index = self._item_index
+        return [self._affinity(theta, index[i]) if i in index else 0.0 for i in item_ids]
+
+    def mean_interests(self) -> list[float]:
+        """Oracle: the users' current interests over topics, averaged."""
+        return np.mean(np.asarray(self._theta), axis=0).tolist()
 
     def click_probability(self, user_id: str, item_ids: list[str], position: int = 0) -> list[float]:
         """Oracle: probability that each item, shown at ``position``, is clicked right now."""
@@ -284,6 +306,7 @@ class Simulator:
         shift = random.Random(f"{self.cfg.seed}-drift-{self.drifts}").randrange(1, k) if k > 1 else 0
         self._theta = [th[shift:] + th[:shift] for th in self._theta]
         self.drifts += 1
+        self.shifts.append(shift)
         log.info("interest drift #%d: topics rotated by %d", self.drifts, shift)
 
     # --- the event loop -----------------------------------------------------------------------

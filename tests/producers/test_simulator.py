@@ -164,6 +164,24 @@ def test_every_arm_gets_the_same_rotation():
     assert len(random_shift) == 1 and random_shift == popularity_shift and random_shift != {0}
 
 
+def test_a_drift_records_its_shift_and_the_oracle_helpers_read_the_rotated_interests():
+    """``shifts`` holds each drift's shift (new interest in topic j = old interest in j + shift);
+    ``affinity_under`` is ``true_affinity``'s rule for given interests; ``item_topics`` are the
+    hidden primary topics (bench/learning.py's ``--informed`` bounds are built on these)."""
+    cfg = dict(seed=3, n_users=1, n_items=100, n_candidates=20)
+    before = Simulator(SimConfig(**cfg)).mean_interests()
+    sim = Simulator(SimConfig(**cfg, drift_at=[0]))
+    next(iter(sim.events(1)))                     # the drift comes before the first request
+    assert sim.drifts == 1 and len(sim.shifts) == 1 and 1 <= sim.shifts[0] < sim.cfg.n_topics
+    top = lambda theta: set(np.argsort(theta)[-3:].tolist())   # (the request's clicks pull interests a little)
+    assert top(sim.mean_interests()) == top(np.roll(before, -sim.shifts[0])) != top(before)
+    # one user: the mean interests are theirs
+    assert np.allclose(sim.affinity_under(sim.mean_interests(), sim.item_ids), sim.true_affinity("u0", sim.item_ids))
+    hidden = sim.hidden_items()
+    assert [sim.topics[t].name for t in sim.item_topics(sim.item_ids)] == [hidden[i]["topic"] for i in sim.item_ids]
+    assert sim.item_topics(["nope"]) == [-1]
+
+
 def test_catalog_items_text_carries_topic():
     sim = Simulator(SimConfig(seed=4, n_items=200))
     hidden = sim.hidden_items()
