@@ -56,7 +56,8 @@ from streamrl.producers.policies import Ranking
 from streamrl.producers.simulator import SimConfig, Simulator, best_order, slate_reward
 from streamrl.report import CurveRecorder, load_curves, markdown_table, summarize
 from streamrl.serving.explore import sample_slate
-from streamrl.serving.feedback import FeedbackModel, SessionJoin, centred_scores, joined_views
+from streamrl.serving.feedback import FeedbackModel
+from streamrl.serving.session import SessionJoin, centred_scores, joined_views
 
 #: The feed client's session context, as the demo's (RankerWithFallback): last 10 engagements, 6 simulated hours.
 SESSION_LEN, SESSION_MS = 10, 6 * 3600 * 1000

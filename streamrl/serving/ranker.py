@@ -24,7 +24,7 @@ from streamrl.errors import SnapshotRejected, StreamrlError
 from streamrl.producers.snapshot import REJECT_REASONS, Snapshot
 from streamrl.serving.exceptions import BadRankRequest, InvalidCandidates, NotReady
 from streamrl.serving.explore import sample_slate
-from streamrl.serving.feedback import centred_scores
+from streamrl.serving.session import centred_scores
 from streamrl.serving.policy import Policy, build_policy
 
 log = logging.getLogger(__name__)
