@@ -143,12 +143,14 @@ class InformedSlates:
     affinity of interests read off the history from before the drift, its items' topics moved by
     the drift's shift: a perfect map of old topics to new ones), ``map3`` (that map for the three
     most common topics only, the users' current mean interests for the rest: about what the
-    population's evidence could tell). ``start``: ``drift`` (from the first request after it) or
+    population's evidence could tell), ``since`` (ranked by the affinity of interests read off
+    the history items engaged since the drift, their topics as they are: what a user's own few
+    engagements say; a request without any is served as the release). ``start``: ``drift`` (from the first request after it) or
     ``fall`` (once the feedback layer has flagged the fall).
     """
 
     GROUPS = {"stale": (0, 0), "1-2": (1, 2)}
-    SLATES = ("best", "affinity", "map", "map3")
+    SLATES = ("best", "affinity", "map", "map3", "since")
 
     def __init__(self, sim: Simulator, spec: str, start: str, weights: tuple[float, float]) -> None:
         group, slate = self.parse(spec)
@@ -178,17 +180,27 @@ class InformedSlates:
             value = sim.expected_reward(user_id, candidates, *self.weights)
         elif self.slate == "affinity":
             value = sim.true_affinity(user_id, candidates)
+        elif self.slate == "since":
+            since = [h for h, t in zip(history, times) if t >= drift_ts]
+            if not since:
+                return None
+            value = sim.affinity_under(self._interests(since), candidates)
         else:
             value = sim.affinity_under(self._mapped([h for h, t in zip(history, times) if t < drift_ts]), candidates)
         return np.asarray(best_order(value, min(k, len(candidates))))
+
+    def _interests(self, history: list[str]) -> list[float]:
+        """Interests over topics read off ``history``: the share of its items in each topic."""
+        k = self.sim.cfg.n_topics
+        counts = np.bincount([t for t in self.sim.item_topics(history) if t >= 0], minlength=k).astype(np.float64)
+        return (counts / max(counts.sum(), 1.0)).tolist()
 
     def _mapped(self, history: list[str]) -> list[float]:
         """Interests over topics read off ``history`` (its items' topics), moved by the drifts' shifts."""
         sim = self.sim
         k = sim.cfg.n_topics
         shift = sum(sim.shifts) % k
-        counts = np.bincount([t for t in sim.item_topics(history) if t >= 0], minlength=k).astype(np.float64)
-        old = counts / max(counts.sum(), 1.0)
+        old = np.asarray(self._interests(history))
         if self.slate == "map":
             return np.roll(old, -shift).tolist()      # the simulator's rotation: new interest j = old j + shift
         common = np.argsort(-np.asarray(sim.topic_popularity))[:3]
@@ -354,9 +366,9 @@ def main() -> None:
     ap.add_argument("--informed", default=None, metavar="GROUP:SLATE",
                     help="a diagnostic upper bound (with --drift-at): after the drift, serve GROUP (stale: users "
                          "with nothing engaged since it; 1-2: one or two items) a SLATE from the simulator's "
-                         "knowledge: best, affinity, map (their history's topics moved by the drift's shift) or "
-                         "map3 (that for the three most common topics, the users' mean interests for the rest); "
-                         "see InformedSlates")
+                         "knowledge: best, affinity, map (their history's topics moved by the drift's shift), "
+                         "map3 (that for the three most common topics, the users' mean interests for the rest) "
+                         "or since (the topics of the items engaged since the drift); see InformedSlates")
     ap.add_argument("--informed-from", choices=("drift", "fall"), default="drift",
                     help="--informed from the drift or from the feedback layer's flagged fall [drift]")
     ap.add_argument("--out", default=None, help="run directory for curves.jsonl/report [a temp dir]")
