@@ -75,7 +75,21 @@ class Event:
         return d
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        """The record's value: compact JSON (orjson). A non-finite float is written as the stdlib
+        writes it (``NaN``, not JSON), so a consumer dead-letters it (``non_finite``) rather than
+        read orjson's ``null`` as a missing field.
+
+        >>> Event("e1", "view", "u1", "i1", 5, propensity=0.5).to_json()
+        b'{"event_id":"e1","type":"view","user_id":"u1","item_id":"i1","ts":5,"propensity":0.5}'
+        >>> Event("e1", "purchase", "u1", "i1", 5, value=float("nan")).to_json()[-12:]
+        b'"value":NaN}'
+        """
+        d = self.to_dict()
+        for k in ("propensity", "value"):
+            v = d.get(k)
+            if v is not None and not math.isfinite(v):
+                return json.dumps(d, separators=(",", ":")).encode()
+        return orjson.dumps(d)
 
 
 def _reject_constant(name: str) -> Any:
