@@ -225,9 +225,7 @@ class Simulator:
 
     def true_affinity(self, user_id: str, item_ids: list[str]) -> list[float]:
         """Oracle: the user's current latent affinity (in [0, 1]) to each item; 0 for unknown items."""
-        theta = self._theta[self._user_index[user_id]]
-        index = self._item_index
-        return [self._affinity(theta, index[i]) if i in index else 0.0 for i in item_ids]
+        return self.affinity_under(self._theta[self._user_index[user_id]], item_ids)
 
     def item_topics(self, item_ids: list[str]) -> list[int]:
         """Oracle: each item's primary topic index (-1 for unknown items)."""
