@@ -13,7 +13,7 @@ freshness is measured at the rate it is specified for:
 - a thread asks the ranker's ``GET /readyz`` every 20 ms which policy version it serves and
   records when each version was first served.
 
-Freshness of a view is computed as in the demo (:func:`streamrl.demo.freshness`): served time of
+Freshness of a view is computed as in the demo (:func:`streamrl.freshness.freshness`): served time of
 the first version whose snapshot metadata says its last gradient step had consumed the view's
 transition, minus the view's production time, for views produced after the first learned version
 was served. After production stops, the pipeline runs ``--drain-s`` more seconds; a view whose
@@ -69,8 +69,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from streamrl.config import Settings
-    from streamrl.demo import (DEMO_LEARNER, _wait_listening, _write_catalog, demo_settings, freshness_latencies,
-                               start_pipeline)
+    from streamrl.demo import DEMO_LEARNER, _wait_listening, _write_catalog, demo_settings, start_pipeline
+    from streamrl.freshness import freshness_latencies
     from streamrl.kafka import EmbeddedBroker, ensure_topics
     from streamrl.producers.closed_loop import PRODUCED, SERVED
     from streamrl.producers.simulator import SimConfig, Simulator

@@ -47,14 +47,14 @@ import torch
 from streamrl.catalog import ItemEmbeddings, TextEmbedder, item_text
 from streamrl.config import Settings
 from streamrl.consumers.state import JoinRules, UserState
-from streamrl.demo import DEMO_LEARNER, DEMO_SETTINGS, drift_recovery
+from streamrl.demo import DEMO_LEARNER, DEMO_SETTINGS
 from streamrl.learner.config import add_learner_args, config_from_args
 from streamrl.learner.vocab import PAD
 from streamrl.learner.worker import Learner
 from streamrl.producers.closed_loop import SameRequest, arm_policy
 from streamrl.producers.policies import Ranking
 from streamrl.producers.simulator import SimConfig, Simulator, best_order, slate_reward
-from streamrl.report import CurveRecorder, load_curves, markdown_table, summarize
+from streamrl.report import CurveRecorder, drift_recovery, load_curves, markdown_table, summarize
 from streamrl.serving.explore import sample_slate
 from streamrl.serving.feedback import FeedbackModel
 from streamrl.serving.session import SessionJoin, centred_scores, joined_views

@@ -11,18 +11,13 @@ and writes to the run directory:
 - ``summary.json`` — the figures: ``reward_vs_oracle``, ``reward_vs_popularity`` (learned reward
   per view over the last 20% of events over the baseline's, same event range),
   ``freshness_p50_s``/``freshness_p99_s``, ``drift_recovery_ratio`` and ``same_request_recovery``
-  (with ``--drift-at``; :func:`drift_recovery`), ...
+  (with ``--drift-at``; :func:`streamrl.report.drift_recovery`), ...
 - one log per process.
 
-Freshness of an event: wall time from its production to the first moment the simulator was
-served a policy version whose training had consumed the event's transition (the learner puts
-the transition offsets its last gradient step had seen into each snapshot's metadata). It is
-measured for views produced after the first learned policy was served (the warm-up before the
-first snapshot is not steady state) whose transition reached a served version before the end;
-``freshness_unserved`` counts those whose transition had not (the run's tail).
-``transition_lag_p50_s``/``_p99_s``: the processor's part, from a view's production to its
-transition's timestamp (all views). The demo's rate is
-what the machine leaves the closed loop; ``bench/freshness.py`` measures freshness at a fixed rate.
+Freshness (:mod:`streamrl.freshness`): wall time from an event's production to the first moment
+the simulator was served a policy version trained on its transition. The demo's rate is what the
+machine leaves the closed loop; ``bench/freshness.py`` measures freshness at a fixed rate.
+Drift figures: :func:`streamrl.report.drift_recovery`.
 
 The demo shortens the event-time parts of the pipeline that real traffic spreads over minutes,
 because simulated time runs hundreds of times faster than the wall clock
@@ -46,15 +41,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from streamrl.config import Settings
 from streamrl.errors import StreamrlError
-from streamrl.kafka import EmbeddedBroker, ensure_topics, free_port, read_all, signal_on_parent_death
+from streamrl.freshness import freshness
+from streamrl.kafka import EmbeddedBroker, ensure_topics, free_port, signal_on_parent_death
 from streamrl.producers.closed_loop import BASELINE_ARMS, CURVES, PRODUCED, SERVED, read_status
 from streamrl.producers.simulator import SimConfig
-from streamrl.schema import decode_transitions
-from streamrl.report import ARM_ORDER, load_curves, markdown_table, render_run, window_rate
+from streamrl.report import (ARM_ORDER, UNLEARNED_AT_DRIFT, drift_recovery, load_curves, markdown_table,
+                             render_run, window_rate)
 
 log = logging.getLogger(__name__)
 
@@ -169,165 +163,6 @@ def scrape(port: int, names: tuple[str, ...]) -> dict[str, float]:
         for s in fam.samples:
             if s.name in names:
                 out[s.name] = out.get(s.name, 0.0) + s.value
-    return out
-
-
-# --- figures ---------------------------------------------------------------------------------
-
-def snapshot_offsets(settings: Settings) -> dict[int, dict[int, int]]:
-    """Published version -> trained transition offsets (partition -> next offset), from manifests."""
-    from streamrl.errors import SnapshotRejected
-    from streamrl.producers.snapshot import parse_manifest
-
-    out: dict[int, dict[int, int]] = {}
-    for rec in read_all(settings, "policy.snapshots"):
-        if dict(rec.headers or []).get("streamrl.snapshot.kind") != b"manifest":
-            continue
-        try:
-            m = parse_manifest(rec.value)
-        except SnapshotRejected:
-            continue
-        offsets = m["metadata"].get("trained_offsets")
-        if offsets is not None:
-            out[int(m["version"])] = {int(p): int(o) for p, o in offsets.items()}
-    return out
-
-
-def freshness_latencies(settings: Settings, run_dir: Path, seed: int,
-                        transition_lags: list[float] | None = None) -> tuple[np.ndarray, int]:
-    """Seconds from each view's production to the first served version trained on its transition,
-    for views produced after the first learned version was served; and how many such views had a
-    transition no served version covered (yet). ``transition_lags``, when given, gets the seconds
-    from each view's production to its transition's Kafka timestamp (all views: the processor's
-    part of the latency, which the ranker's feedback layer waits on too)."""
-    produced = np.load(run_dir / PRODUCED)
-    served = {int(v): t for v, t in json.loads((run_dir / SERVED).read_text()).items()}
-    trained = snapshot_offsets(settings)
-    versions = sorted(v for v in served if v in trained)
-    if not versions:
-        return np.zeros(0), 0
-    first_served = min(served[v] for v in versions)
-    # served time of the first version covering each offset, per partition (offsets grow with versions)
-    by_part: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for p in {p for v in versions for p in trained[v]}:
-        offs = np.array([trained[v].get(p, 0) for v in versions])
-        when = np.array([served[v] for v in versions])
-        # a later version may have been served first (a swap between requests): earliest from here on
-        by_part[p] = (np.maximum.accumulate(offs), np.minimum.accumulate(when[::-1])[::-1])
-    prefix = f"tv:s{seed}-"
-    lat, unserved = [], 0
-    for rec in read_all(settings, "transitions"):
-        offs, when = by_part.get(rec.partition, (np.zeros(0), np.zeros(0)))
-        k = int(np.searchsorted(offs, rec.offset, side="right"))  # first version with offset < trained
-        for t in decode_transitions(rec.value):
-            tid = t["id"]
-            if not tid.startswith(prefix):
-                continue
-            n = int(tid[len(prefix):])
-            if transition_lags is not None and n < len(produced):
-                transition_lags.append(rec.timestamp / 1000.0 - produced[n])
-            if n < len(produced) and produced[n] >= first_served:
-                if k < len(offs):
-                    lat.append(when[k] - produced[n])
-                else:
-                    unserved += 1
-    return np.asarray(lat), unserved
-
-
-def freshness(settings: Settings, run_dir: Path, seed: int) -> dict[str, Any]:
-    """p50/p99 seconds from a view's production to the first served version trained on its transition
-    (:func:`freshness_latencies`; views not covered by the end are counted, not timed)."""
-    tr: list[float] = []
-    lat, unserved = freshness_latencies(settings, run_dir, seed, tr)
-    lags = np.asarray(tr)
-    return {**_p50_p99("freshness", lat), "freshness_samples": int(lat.size), "freshness_unserved": unserved,
-            **_p50_p99("transition_lag", lags[np.isfinite(lags)])}
-
-
-def _p50_p99(name: str, seconds: np.ndarray) -> dict[str, float | None]:
-    """``{name}_p50_s`` and ``{name}_p99_s`` of ``seconds`` (None without samples).
-
-    >>> _p50_p99("lag", np.array([1.0, 2.0, 3.0])), _p50_p99("lag", np.zeros(0))
-    ({'lag_p50_s': 2.0, 'lag_p99_s': 2.98}, {'lag_p50_s': None, 'lag_p99_s': None})
-    """
-    return {f"{name}_p{q}_s": round(float(np.percentile(seconds, q)), 3) if seconds.size else None for q in (50, 99)}
-
-
-def _oracle_ratio(arms: dict[str, list[dict]], start: int, end: int, arm: str = "learned") -> float | None:
-    rate, oracle = window_rate(arms[arm], start, end), window_rate(arms["oracle"], start, end)
-    return rate / oracle if oracle else None
-
-
-def _same_request_ratio(rows: list[dict], start: int, end: int) -> float | None:
-    """Served over best slate value (:class:`~streamrl.producers.closed_loop.SameRequest`) of the
-    requests scored in the windows ending in (start, end] events; None where none was scored."""
-    rows = [r for r in rows if start < r["events"] <= end and r.get("scored")]
-    best = sum(r["best_value"] for r in rows)
-    return sum(r["served_value"] for r in rows) / best if best else None
-
-
-def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20_000,
-                   span: int = 8_000) -> dict[str, Any]:
-    """Learned/oracle reward ratio before a drift, and how much of it is back ``horizon`` events later.
-
-    Pre-drift: the ``2 * span`` events before the drift. After: the ``span`` events ending
-    ``horizon`` after it (``drift_recovery_ratio`` = after / pre). ``drift_recovered_after_events``:
-    the first curve point within the horizon whose trailing ``span`` ratio reaches 90% of pre-drift.
-    ``drift_recovery_by_arm``: the same after / pre ratio of every arm but the oracle (how far the
-    baselines come back in the same window: the yardstick of the learned arm's figure).
-    ``pre_drift_vs_random``: the learned arm's pre-drift reward over the random arm's; near 1 the
-    learned policy had not learned anything yet when the drift came, and the recovery ratio
-    says nothing (a policy that knows nothing loses nothing). ``same_request_pre``/``_post``/
-    ``_recovery``: the same windows and ratio, with each learned request's served slate scored
-    against the best slate of the same request in expectation (curve rows with ``scored``): the
-    policy's own ratio, without the +-0.1-0.2 that two trajectories of the world add per window.
-
-    >>> rows = lambda rate: [{"events": e, "views": 1000, "reward": rate(e) * 1000, "clicks": 0} for e in range(1000, 41_000, 1000)]
-    >>> arms = {"oracle": rows(lambda e: 0.2), "learned": rows(lambda e: 0.1 if e <= 20_000 else 0.05),
-    ...         "random": rows(lambda e: 0.02)}
-    >>> out = drift_recovery(arms, 20_000)
-    >>> out["pre_drift_oracle_ratio"], out["drift_recovery_ratio"], out["drift_recovery_by_arm"]
-    (0.5, 0.5, {'learned': 0.5, 'random': 1.0})
-    >>> out["pre_drift_vs_random"], "same_request_recovery" in out
-    (5.0, False)
-    >>> for r in arms["learned"]:   # each window's requests scored: 0.8 of their best slates, 0.72 after
-    ...     r.update(scored=10, best_value=10.0, served_value=8.0 if r["events"] <= 20_000 else 7.2)
-    >>> out = drift_recovery(arms, 20_000)
-    >>> out["same_request_pre"], out["same_request_post"], out["same_request_recovery"]
-    (0.8, 0.72, 0.9)
-    """
-    if "learned" not in arms or "oracle" not in arms or not arms["learned"]:
-        return {}
-    total = arms["learned"][-1]["events"]
-    before, after = (max(0, drift_at - 2 * span), drift_at), (drift_at + horizon - span, drift_at + horizon)
-    pre = _oracle_ratio(arms, *before)
-    out: dict[str, Any] = {"pre_drift_oracle_ratio": None if pre is None else round(pre, 4)}
-    if arms.get("random"):
-        rnd = window_rate(arms["random"], *before)
-        out["pre_drift_vs_random"] = round(window_rate(arms["learned"], *before) / rnd, 4) if rnd else None
-    if pre is None or total < drift_at + horizon:
-        out["drift_recovery_ratio"] = None
-        return out
-    by_arm = {}
-    for arm in (a for a in arms if a != "oracle" and arms[a]):
-        a_pre, a_post = _oracle_ratio(arms, *before, arm), _oracle_ratio(arms, *after, arm)
-        by_arm[arm] = round(a_post / a_pre, 4) if a_pre and a_post is not None else None
-    post = _oracle_ratio(arms, *after)
-    out["post_drift_oracle_ratio"] = None if post is None else round(post, 4)
-    out["drift_recovery_ratio"] = by_arm["learned"]
-    sr_pre, sr_post = (_same_request_ratio(arms["learned"], *w) for w in (before, after))
-    if sr_pre and sr_post is not None:
-        out.update(same_request_pre=round(sr_pre, 4), same_request_post=round(sr_post, 4),
-                   same_request_recovery=round(sr_post / sr_pre, 4))
-    out["drift_recovered_after_events"] = None
-    for row in arms["learned"]:
-        end = row["events"]
-        if drift_at + span <= end <= drift_at + horizon:  # whole windows after the drift only
-            r = _oracle_ratio(arms, end - span, end)
-            if r is not None and r >= 0.9 * pre:
-                out["drift_recovered_after_events"] = end - drift_at
-                break
-    out["drift_recovery_by_arm"] = by_arm
     return out
 
 
@@ -651,9 +486,6 @@ def _figures(settings: Settings, cfg: SimConfig, run_dir: Path, seconds: float, 
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
-
-#: Below this pre-drift reward over random's, the learned arm had not learned anything to lose.
-UNLEARNED_AT_DRIFT = 1.5
 
 KEY_FIGURES = ("reward_vs_oracle", "reward_vs_popularity", "freshness_p50_s", "freshness_p99_s",
                "drift_recovery_ratio")

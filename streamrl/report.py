@@ -3,8 +3,9 @@
 A run directory holds ``curves.jsonl``: one line per arm and window of events,
 ``{"arm", "events", "views", "reward", "clicks", "purchases", "policy_version", "wall"}``, where
 ``events`` is the arm's cumulative event count at the end of the window and the other counts are
-the window's own. :func:`summarize` turns that into the figures the demo prints;
-``streamrl report RUN_DIR`` renders ``report.md`` and ``reward.png`` from it.
+the window's own. :func:`summarize` turns that into the figures the demo prints (each arm's
+reward over the last 20% of events, the learned arm's ratios), :func:`drift_recovery` into the
+drift figures; ``streamrl report RUN_DIR`` renders ``report.md`` and ``reward.png`` from it.
 """
 
 from __future__ import annotations
@@ -111,6 +112,88 @@ def summarize(arms: dict[str, list[dict[str, Any]]], tail: float = 0.2) -> dict[
         b = out["arms"].get(base, {}).get("reward_per_view_tail")
         if learned is not None and b:
             out[f"reward_vs_{base}"] = round(learned / b, 4)
+    return out
+
+
+#: Below this pre-drift reward over random's, the learned arm had not learned anything to lose.
+UNLEARNED_AT_DRIFT = 1.5
+
+
+def _oracle_ratio(arms: dict[str, list[dict]], start: int, end: int, arm: str = "learned") -> float | None:
+    rate, oracle = window_rate(arms[arm], start, end), window_rate(arms["oracle"], start, end)
+    return rate / oracle if oracle else None
+
+
+def _same_request_ratio(rows: list[dict], start: int, end: int) -> float | None:
+    """Served over best slate value (:class:`~streamrl.producers.closed_loop.SameRequest`) of the
+    requests scored in the windows ending in (start, end] events; None where none was scored."""
+    rows = [r for r in rows if start < r["events"] <= end and r.get("scored")]
+    best = sum(r["best_value"] for r in rows)
+    return sum(r["served_value"] for r in rows) / best if best else None
+
+
+def drift_recovery(arms: dict[str, list[dict]], drift_at: int, horizon: int = 20_000,
+                   span: int = 8_000) -> dict[str, Any]:
+    """Learned/oracle reward ratio before a drift, and how much of it is back ``horizon`` events later.
+
+    Pre-drift: the ``2 * span`` events before the drift. After: the ``span`` events ending
+    ``horizon`` after it (``drift_recovery_ratio`` = after / pre). ``drift_recovered_after_events``:
+    the first curve point within the horizon whose trailing ``span`` ratio reaches 90% of pre-drift.
+    ``drift_recovery_by_arm``: the same after / pre ratio of every arm but the oracle (how far the
+    baselines come back in the same window: the yardstick of the learned arm's figure).
+    ``pre_drift_vs_random``: the learned arm's pre-drift reward over the random arm's; near 1 the
+    learned policy had not learned anything yet when the drift came, and the recovery ratio
+    says nothing (a policy that knows nothing loses nothing). ``same_request_pre``/``_post``/
+    ``_recovery``: the same windows and ratio, with each learned request's served slate scored
+    against the best slate of the same request in expectation (curve rows with ``scored``): the
+    policy's own ratio, without the +-0.1-0.2 that two trajectories of the world add per window.
+
+    >>> rows = lambda rate: [{"events": e, "views": 1000, "reward": rate(e) * 1000, "clicks": 0} for e in range(1000, 41_000, 1000)]
+    >>> arms = {"oracle": rows(lambda e: 0.2), "learned": rows(lambda e: 0.1 if e <= 20_000 else 0.05),
+    ...         "random": rows(lambda e: 0.02)}
+    >>> out = drift_recovery(arms, 20_000)
+    >>> out["pre_drift_oracle_ratio"], out["drift_recovery_ratio"], out["drift_recovery_by_arm"]
+    (0.5, 0.5, {'learned': 0.5, 'random': 1.0})
+    >>> out["pre_drift_vs_random"], "same_request_recovery" in out
+    (5.0, False)
+    >>> for r in arms["learned"]:   # each window's requests scored: 0.8 of their best slates, 0.72 after
+    ...     r.update(scored=10, best_value=10.0, served_value=8.0 if r["events"] <= 20_000 else 7.2)
+    >>> out = drift_recovery(arms, 20_000)
+    >>> out["same_request_pre"], out["same_request_post"], out["same_request_recovery"]
+    (0.8, 0.72, 0.9)
+    """
+    if "learned" not in arms or "oracle" not in arms or not arms["learned"]:
+        return {}
+    total = arms["learned"][-1]["events"]
+    before, after = (max(0, drift_at - 2 * span), drift_at), (drift_at + horizon - span, drift_at + horizon)
+    pre = _oracle_ratio(arms, *before)
+    out: dict[str, Any] = {"pre_drift_oracle_ratio": None if pre is None else round(pre, 4)}
+    if arms.get("random"):
+        rnd = window_rate(arms["random"], *before)
+        out["pre_drift_vs_random"] = round(window_rate(arms["learned"], *before) / rnd, 4) if rnd else None
+    if pre is None or total < drift_at + horizon:
+        out["drift_recovery_ratio"] = None
+        return out
+    by_arm = {}
+    for arm in (a for a in arms if a != "oracle" and arms[a]):
+        a_pre, a_post = _oracle_ratio(arms, *before, arm), _oracle_ratio(arms, *after, arm)
+        by_arm[arm] = round(a_post / a_pre, 4) if a_pre and a_post is not None else None
+    post = _oracle_ratio(arms, *after)
+    out["post_drift_oracle_ratio"] = None if post is None else round(post, 4)
+    out["drift_recovery_ratio"] = by_arm["learned"]
+    sr_pre, sr_post = (_same_request_ratio(arms["learned"], *w) for w in (before, after))
+    if sr_pre and sr_post is not None:
+        out.update(same_request_pre=round(sr_pre, 4), same_request_post=round(sr_post, 4),
+                   same_request_recovery=round(sr_post / sr_pre, 4))
+    out["drift_recovered_after_events"] = None
+    for row in arms["learned"]:
+        end = row["events"]
+        if drift_at + span <= end <= drift_at + horizon:  # whole windows after the drift only
+            r = _oracle_ratio(arms, end - span, end)
+            if r is not None and r >= 0.9 * pre:
+                out["drift_recovered_after_events"] = end - drift_at
+                break
+    out["drift_recovery_by_arm"] = by_arm
     return out
 
 

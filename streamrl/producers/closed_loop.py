@@ -213,7 +213,7 @@ class SameRequest:
     the same user state (:meth:`Simulator.expected_reward`, each slot's examination): the slate
     served and the best slate of the same candidates (the oracle arm's ranking rule), summed per
     curve window (:meth:`CurveRecorder.add_slate_values`). Their ratio is the policy's, not two
-    trajectories': ``same_request_*`` in :func:`streamrl.demo.drift_recovery`. Install as the
+    trajectories': ``same_request_*`` in :func:`streamrl.report.drift_recovery`. Install as the
     simulator's :attr:`~Simulator.on_slate`.
     """
 
