@@ -7,7 +7,7 @@ hyperparameters (``streamrl.demo.DEMO_LEARNER``), the learner takes ``updates_pe
 steps per transition, and every ``--publish-every`` events a copy of the online network becomes
 the served policy (ε-greedy slates with exact propensities, as the ranker draws them; random
 slates until ``min_transitions_to_publish``), plus the ranker's fast feedback layer
-(:mod:`streamrl.serving.feedback`; as the demo's, it learns from each user's last slate joined to
+(:mod:`streamrl.serving.feedback_model`; as the demo's, it learns from each user's last slate joined to
 the next request's session context, ``--feedback-source transitions``: from every transition as it
 is emitted, ``--lag`` events late; ``--feedback-weight 0`` turns it off). Unlike the demo, the user state is current at every request and nothing waits on
 the wall clock, so the figures are the learner's, not the pipeline's; the same seed gives the
@@ -56,7 +56,7 @@ from streamrl.producers.policies import Ranking
 from streamrl.producers.simulator import SimConfig, Simulator, best_order, slate_reward
 from streamrl.report import CurveRecorder, drift_recovery, load_curves, markdown_table, summarize
 from streamrl.serving.explore import sample_slate
-from streamrl.serving.feedback import FeedbackModel
+from streamrl.serving.feedback_model import FeedbackModel
 from streamrl.serving.session import SessionJoin, centred_scores, joined_views
 
 #: The feed client's session context, as the demo's (RankerWithFallback): last 10 engagements, 6 simulated hours.

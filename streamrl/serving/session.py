@@ -27,7 +27,7 @@ class SessionJoin:
     add up to a purchase's. :meth:`outcomes` returns them as slate records ``(history, items,
     rewards, positions, scores)`` (``scores``: the policy's scores the items were served with, less
     the request's mean; :func:`joined_views` turns them into the transition-like records
-    :meth:`FeedbackModel.update` learns from): a view's outcome seconds of user time after it,
+    :meth:`~streamrl.serving.feedback_model.FeedbackModel.update` learns from): a view's outcome seconds of user time after it,
     where the ``transitions`` topic has it once the attribution window has closed.
 
     It needs requests of a user to reach the same ranker (user-sticky routing; with ``n``
@@ -125,7 +125,7 @@ def joined_views(slates: Iterable) -> list[dict[str, Any] | None]:
     """Transition-like records (``action``, ``state``, ``reward``, ``position``, ``score``, and
     ``state_ts`` where the record has the history's times) of slate records ``(history, items,
     rewards, positions[, scores[, history_ts]])`` (no scores: 0); a record of another shape gives
-    None (which :meth:`FeedbackModel.update` counts as skipped).
+    None (which :meth:`~streamrl.serving.feedback_model.FeedbackModel.update` counts as skipped).
 
     >>> joined_views([(["a"], ["x", "y"], [0.0, 1.0], [0, 1], [0.5, -0.5]), "junk"])[1:]
     [{'action': 'y', 'state': ['a'], 'reward': 1.0, 'position': 1, 'score': -0.5}, None]

@@ -11,8 +11,9 @@ import numpy as np
 from streamrl.catalog import ItemEmbeddings
 from streamrl.kafka import make_producer
 from streamrl.schema import encode_transitions
-from streamrl.serving import feedback
-from streamrl.serving.feedback import FeedbackLayer, FeedbackModel
+from streamrl.serving import feedback, feedback_model, session
+from streamrl.serving.feedback import FeedbackLayer
+from streamrl.serving.feedback_model import FeedbackModel
 
 GROUPS = 4
 
@@ -90,7 +91,7 @@ def test_a_fresh_matrix_starts_with_what_happened_since_the_fall_began(caplog):
     rng = np.random.default_rng(7)
     model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 12000, served=0.7))   # a steady world
     rotated = {h: (h + 1) % GROUPS for h in range(GROUPS)}
-    with caplog.at_level(logging.INFO, logger="streamrl.serving.feedback"):
+    with caplog.at_level(logging.INFO, logger="streamrl.serving.feedback_model"):
         _until_fall(model, rng, rotated)
     assert model.seen - 12000 > 500                      # the fall took a while to be sure of ...
     fall = [r.getMessage() for r in caplog.records if "(drift 1)" in r.getMessage()]
@@ -105,7 +106,7 @@ def test_after_a_fall_each_transition_also_replays_ones_since_the_fall(monkeypat
     for this toy: here the turn after 300 transitions came out 0.87-1.15x without them, by seed;
     in-process see README.)"""
     def run(steps: int) -> FeedbackModel:
-        monkeypatch.setattr(feedback, "REPLAY_STEPS", steps)
+        monkeypatch.setattr(feedback_model, "REPLAY_STEPS", steps)
         model = FeedbackModel(_catalog(), dim=8, hold=50_000)
         rng = np.random.default_rng(8)
         model.update(_transitions(rng, {h: h for h in range(GROUPS)}, 12000, served=0.7))
@@ -114,7 +115,7 @@ def test_after_a_fall_each_transition_also_replays_ones_since_the_fall(monkeypat
         return model
 
     rotated = {h: (h + 1) % GROUPS for h in range(GROUPS)}
-    steps = feedback.REPLAY_STEPS
+    steps = feedback_model.REPLAY_STEPS
     plain, replayed = run(0), run(steps)
     assert len(replayed._fallen) == len(plain._fallen) > 1000                 # the backlog and the 300
     assert np.linalg.norm(replayed.D) > 1.03 * np.linalg.norm(plain.D)       # 4.40 against 4.18 (seeded)
@@ -159,7 +160,7 @@ def test_after_a_fall_items_engaged_since_it_began_have_their_own_half_of_the_co
         if not with_times:
             for v in views:
                 del v["state_ts"]
-        with caplog.at_level(logging.INFO, logger="streamrl.serving.feedback"):
+        with caplog.at_level(logging.INFO, logger="streamrl.serving.feedback_model"):
             model.update(views)
         assert model.drifts == 1
         return model
@@ -289,7 +290,7 @@ def test_a_fall_long_after_the_matrix_started_starts_it_over(caplog):
     assert model.drifts == 1
     model.update(_transitions(rng, one, 40_000, served=0.7, shows=one))                  # the policy caught up
     two = {h: (h + 2) % GROUPS for h in range(GROUPS)}
-    with caplog.at_level(logging.INFO, logger="streamrl.serving.feedback"):
+    with caplog.at_level(logging.INFO, logger="streamrl.serving.feedback_model"):
         while model.drifts == 1:                                                          # fall 2, 43k later
             model.update(_transitions(rng, two, 100, served=0.7, shows=one))
             assert model.seen < 60_000
@@ -343,7 +344,7 @@ def test_the_child_learns_from_the_transitions_topic(settings):
 # --- the session source: the ranker joins slates to the next request's ``recent`` ----------------
 
 def test_a_session_join_reads_clicks_purchases_and_skips_from_the_next_request():
-    j = feedback.SessionJoin(reward_click=1.0, reward_purchase=5.0, pending=2, max_users=2)
+    j = session.SessionJoin(reward_click=1.0, reward_purchase=5.0, pending=2, max_users=2)
     assert j.outcomes("u", ["a"]) == []                        # nothing served yet
     j.served("u", ["a"], ["x", "y", "z"], ["a"], [1.5, 0.5, -0.25])           # with the policy's scores
     assert j.outcomes("u", ["a", "y", "z", "z"]) == [(["a"], ["x", "y", "z"], [0.0, 1.0, 5.0], [0, 1, 2],
@@ -371,11 +372,11 @@ def test_a_session_join_reads_clicks_purchases_and_skips_from_the_next_request()
 
 def test_bad_slate_records_become_records_the_model_skips():
     model = FeedbackModel(_catalog(), dim=8)
-    views = feedback.joined_views([(["g0-1"], ["g1-1", "g1-2"], [1.0, 0.0], [0, 1]), "junk", (1, 2),
+    views = session.joined_views([(["g0-1"], ["g1-1", "g1-2"], [1.0, 0.0], [0, 1]), "junk", (1, 2),
                                    (["g0-1"], ["g1-1"], [1.0, 0.0], [0]), (["g0-1"], "g1-1", [1.0], [0])])
     assert len(views) == 6 and views[2:] == [None, None, None, None]
     assert model.update(views) == 2
-    scored = feedback.joined_views([(["g0-1"], ["g1-1"], [1.0], [0], [0.5]), (["g0-1"], ["g1-1"], [1.0], [0], [0.5, 1.0]),
+    scored = session.joined_views([(["g0-1"], ["g1-1"], [1.0], [0], [0.5]), (["g0-1"], ["g1-1"], [1.0], [0], [0.5, 1.0]),
                                     (["g0-1"], ["g1-1"], [1.0], [0], "0.5")])
     assert scored[0]["score"] == 0.5 and scored[1:] == [None, None]
     bad = {"state": ["g0-1"], "action": "g1-1", "reward": 1.0, "position": 0}
@@ -503,7 +504,7 @@ def test_the_ranker_hands_the_layer_each_history_items_event_time(settings, tmp_
         assert layer.session._last["u1"][0] == ["i3", "i4", "i7"] and layer.session._last["u1"][5] == [1000, 2000, None]
         joined = layer.session.outcomes("u1", ["i7", shown[0]])
         assert joined[0][5] == [1000, 2000, None]
-        views = feedback.joined_views(joined)
+        views = session.joined_views(joined)
         assert views[0]["state_ts"] == [1000, 2000, None] and views[0]["reward"] == 1.0
         model = FeedbackModel(catalog_text(), dim=4)
         model.update(views)
