@@ -69,7 +69,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from streamrl.config import Settings
-    from streamrl.demo import DEMO_LEARNER, _wait_listening, _write_catalog, demo_settings, start_pipeline
+    from streamrl.demo import DEMO_LEARNER, demo_settings, embed_catalog, start_pipeline, wait_listening
     from streamrl.freshness import freshness_latencies
     from streamrl.kafka import EmbeddedBroker, ensure_topics
     from streamrl.producers.closed_loop import PRODUCED, SERVED
@@ -87,10 +87,10 @@ def main() -> None:
     stop = threading.Event()
     try:
         ensure_topics(settings)
-        _write_catalog(settings, cfg, say)
+        embed_catalog(settings, cfg, say)
         children, settings, ports = start_pipeline(settings, run_dir, DEMO_LEARNER)
         ranker_port = settings.serve_port
-        _wait_listening({"learner": ports["learner"], "ranker": ranker_port}, children, timeout_s=120)
+        wait_listening({"learner": ports["learner"], "ranker": ranker_port}, children, timeout_s=120)
         poller = threading.Thread(target=poll_served, args=(f"http://127.0.0.1:{ranker_port}", served, stop),
                                   daemon=True)
         poller.start()

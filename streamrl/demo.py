@@ -329,7 +329,7 @@ def _run(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig, sa
     cpu: dict[str, float] = {}
     try:
         ensure_topics(settings)
-        _write_catalog(settings, cfg, say)
+        embed_catalog(settings, cfg, say)
         children, settings, ports = start_pipeline(settings, run_dir, demo.learner_args)
         ranker_port = settings.serve_port
         sim_args = ["--users", str(cfg.n_users), "--items", str(cfg.n_items), "--seed", str(cfg.seed)]
@@ -342,7 +342,7 @@ def _run(settings: Settings, cfg: SimConfig, run_dir: Path, demo: DemoConfig, sa
         # consumes): the random warm-up before the first snapshot lasts only as long as the learner
         # needs, not as long as torch takes to import; every second of it is thousands of events
         # of random slates, and the learned arm's world starts behind (docs/demo-findings.md)
-        _wait_listening({"learner": ports["learner"], "ranker": ranker_port}, children, timeout_s=120)
+        wait_listening({"learner": ports["learner"], "ranker": ranker_port}, children, timeout_s=120)
         _wait_metric(ports["learner"], "streamrl_learner_items", "learner", children, timeout_s=120)
         up_s = time.monotonic() - started
         duration_s = loop_duration(demo, up_s)
@@ -408,7 +408,7 @@ def start_pipeline(settings: Settings, run_dir: Path, learner_args: dict[str, An
     return children, settings, ports
 
 
-def _wait_listening(ports: dict[str, int], children: Children, timeout_s: float) -> None:
+def wait_listening(ports: dict[str, int], children: Children, timeout_s: float) -> None:
     """Until every named process accepts TCP connections on its port (or one of them has died)."""
     waiting = dict(ports)
 
@@ -444,8 +444,9 @@ def _wait_for(done: Callable[[], bool], what: Callable[[], str], children: Child
         time.sleep(every_s)
 
 
-def _write_catalog(settings: Settings, cfg: SimConfig, say) -> None:
-    """The simulated catalog, embedded once here so learner and ranker start from the cache."""
+def embed_catalog(settings: Settings, cfg: SimConfig, say) -> None:
+    """Write the simulated catalog and embed it once, so learner and ranker start from the cache
+    (used by the demo and bench/freshness.py)."""
     from streamrl.catalog import TextEmbedder, item_text, write_catalog
     from streamrl.producers.simulator import Simulator
 
