@@ -68,7 +68,8 @@ class LearnerConfig:
     alpha: float = 0.6
     """Priority exponent: p_i = (|TD_i| + eps)^alpha."""
     beta: float = 0.4
-    """Importance-sampling correction exponent of prioritized sampling."""
+    """Importance-sampling correction exponent of prioritized and positive-share sampling (0: none; the
+    demo uses 0, which ranked better on its simulated stream: ``streamrl.demo.DEMO_LEARNER``)."""
     positive_share: float = 0.25
     """Share of each batch drawn uniformly from rewarded transitions (rewards are sparse: ~2% of views);
     importance weights correct the TD loss for it."""
